@@ -1,0 +1,64 @@
+# tcpproxy - a small, fast, portable TCP proxy.
+# POSIX make: works with GNU make and BSD make alike.
+.POSIX:
+.SUFFIXES:
+
+VERSION = 0.1.0
+PREFIX = /usr/local
+MANPREFIX = $(PREFIX)/share/man
+
+CC = cc
+CFLAGS = -std=c99 -O2 -Wall -Wextra -pedantic
+CPPFLAGS = -D_POSIX_C_SOURCE=200809L
+LDFLAGS =
+LDLIBS =
+BATS = bats
+
+TESTBIN = test/backend test/client test/libtest
+
+all: tcpproxy
+
+tcpproxy: tcpproxy.c tcpproxy.h
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o tcpproxy tcpproxy.c $(LDLIBS)
+
+test/backend: test/backend.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o test/backend test/backend.c $(LDLIBS)
+
+test/client: test/client.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o test/client test/client.c $(LDLIBS)
+
+test/libtest: test/libtest.c tcpproxy.c tcpproxy.h
+	$(CC) $(CPPFLAGS) -DTCPPROXY_NO_MAIN -I. $(CFLAGS) $(LDFLAGS) \
+	    -o test/libtest test/libtest.c tcpproxy.c $(LDLIBS)
+
+test: tcpproxy $(TESTBIN)
+	@command -v $(BATS) >/dev/null 2>&1 || { \
+	    echo 'make test needs bats (Bash Automated Testing System):'; \
+	    echo '  Debian/Ubuntu: apt-get install bats'; \
+	    echo '  macOS: brew install bats-core; FreeBSD: pkg install bats-core'; \
+	    exit 1; }
+	$(BATS) test
+
+bench/loadgen: bench/loadgen.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o bench/loadgen bench/loadgen.c $(LDLIBS)
+
+bench: tcpproxy bench/loadgen
+	./bench/run
+
+bench-quick: tcpproxy bench/loadgen
+	./bench/run --quick
+
+install: tcpproxy
+	mkdir -p $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANPREFIX)/man1
+	cp -f tcpproxy $(DESTDIR)$(PREFIX)/bin/tcpproxy
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/tcpproxy
+	cp -f tcpproxy.1 $(DESTDIR)$(MANPREFIX)/man1/tcpproxy.1
+	chmod 644 $(DESTDIR)$(MANPREFIX)/man1/tcpproxy.1
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/tcpproxy $(DESTDIR)$(MANPREFIX)/man1/tcpproxy.1
+
+clean:
+	rm -f tcpproxy $(TESTBIN) bench/loadgen
+
+.PHONY: all test bench bench-quick install uninstall clean

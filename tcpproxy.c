@@ -1,0 +1,1648 @@
+/*
+ * tcpproxy - a small, fast, portable TCP proxy.
+ *
+ * Distributed under the Boost Software License, Version 1.0.
+ * (See accompanying file LICENSE or copy at
+ * https://www.boost.org/LICENSE_1_0.txt)
+ *
+ * Design.
+ *
+ * One poll() loop serves every connection.  Each accepted client is paired
+ * with one connection to the server in a bridge record.  A bridge has two
+ * sides, fd[CLIENT] and fd[SERVER], and two flows: flow[s] holds the bytes
+ * read from side s that still wait to be written to side !s.  All relay
+ * code is written once for a side s and its peer !s.
+ *
+ * Per side, rd[s] says whether we still read from s and wr[s] whether we
+ * may still write to it.  Events only ever clear them:
+ *   EOF read from s      rd[s] = 0 (symmetric mode: rd[!s] = 0 too)
+ *   error on s           rd[s] = wr[s] = 0, flow[!s] is dropped (it has
+ *                        nowhere to go) and rd[!s] = 0
+ *   flow[s] done         (half-close mode) shutdown(fd[!s], SHUT_WR),
+ *                        wr[!s] = 0
+ * where a flow is done when its reader is finished (!rd[s]) and its queue
+ * is empty.  The bridge ends when, for both sides, the reader is finished
+ * and its queue is empty or undeliverable.  This is the only place a
+ * bridge is closed on purpose (bridge_settle), and bridge_close is the
+ * only function that closes its descriptors: bytes the proxy has read are
+ * delivered unless their receiver is gone or a timeout fires.
+ *
+ * Poll interest is derived, never toggled: want() computes the events of
+ * one side from the bridge state, and the pollfd array is a projection of
+ * the bridge table kept up to date by bridge_settle.  The array is compact
+ * (slot 0 the wake pipe, then the listeners, then two slots per bridge in
+ * table order), and a closed bridge's slots are filled by the last bridge,
+ * so per-round work is proportional to the descriptors and nothing more.
+ * A side with no interest is polled as fd -1, so a hung-up socket we
+ * cannot act on yet never makes poll() spin.
+ *
+ * Buffers are fixed-size (buffer_size per direction) but attached to a
+ * flow only while it holds bytes: a flow takes one from a small free list
+ * when it reads and gives it back when it drains, so an idle bridge costs
+ * only its record, and the hot path never calls malloc.
+ *
+ * Timeouts are uniform per kind, so two intrusive lists ordered by last
+ * activity give the next deadline in O(1): connecting bridges (connect
+ * timeout, per address tried) and established ones (idle timeout).
+ */
+
+/* ---- feature-test macro and includes ---- */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/resource.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tcpproxy.h"
+
+/* ---- tunables ---- */
+#ifndef TCPPROXY_BUFFER_SIZE
+#define TCPPROXY_BUFFER_SIZE (64 * 1024)	/* per direction, bytes */
+#endif
+#ifndef TCPPROXY_BACKLOG
+#define TCPPROXY_BACKLOG 1024
+#endif
+#ifndef TCPPROXY_CONNECT_TIMEOUT
+#define TCPPROXY_CONNECT_TIMEOUT 10.0	/* seconds */
+#endif
+#ifndef TCPPROXY_GRACE
+#define TCPPROXY_GRACE 5.0		/* seconds */
+#endif
+#ifndef TCPPROXY_SPARE_BUFFERS
+#define TCPPROXY_SPARE_BUFFERS 32	/* free list length */
+#endif
+#ifndef TCPPROXY_ACCEPT_RETRY
+#define TCPPROXY_ACCEPT_RETRY 1000	/* ms between accepts at fd limit */
+#endif
+#ifndef TCPPROXY_NOTE_INTERVAL
+#define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
+#endif
+
+/* ---- portability ---- */
+#ifdef MSG_NOSIGNAL
+#define SEND_FLAGS MSG_NOSIGNAL
+#else
+#define SEND_FLAGS 0
+#endif
+
+#if EAGAIN == EWOULDBLOCK
+#define WOULD_BLOCK(e) ((e) == EAGAIN)
+#else
+#define WOULD_BLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
+#endif
+
+/* ---- types ---- */
+enum { CLIENT = 0, SERVER = 1 };
+enum { TIMER_CONNECT = 0, TIMER_IDLE = 1, TIMER_NONE = 2 };
+enum { ACCEPT_ON = 0, ACCEPT_FULL, ACCEPT_NOFD, ACCEPT_OFF };
+
+#define ADDR_NAME_MAX (INET6_ADDRSTRLEN + 10)	/* "[addr]:65535" */
+
+struct flow {
+	char *buf;			/* NULL while empty */
+	size_t off, len;		/* queued bytes are buf[off..len) */
+	unsigned long long bytes;	/* delivered to the other side */
+};
+
+struct bridge {
+	struct bridge *prev, *next;	/* timer list, ordered by last */
+	size_t slot;			/* index in the bridge table */
+	int fd[2];
+	unsigned char rd[2], wr[2];
+	unsigned char connecting;
+	unsigned char timer;		/* TIMER_*: which list holds it */
+	enum tcpproxy_reason reason;	/* first cause of the end */
+	int error;
+	size_t target;			/* index of the server address */
+	long long start, last;		/* ms, monotonic */
+	struct flow flow[2];
+	unsigned long id;
+	void *hook_data;
+	char client[ADDR_NAME_MAX];
+};
+
+struct timer_list {
+	struct bridge *head, *tail;
+	long long timeout;		/* ms; 0: list unused */
+};
+
+struct target {
+	struct sockaddr_storage addr;
+	socklen_t len;
+	char name[ADDR_NAME_MAX];
+};
+
+struct tcpproxy {
+	struct tcpproxy_config cfg;
+	struct target *targets;		/* resolved server addresses */
+	size_t ntargets;
+	int *lfd;			/* listeners */
+	size_t nlisten;
+	int port;
+	int wake[2];			/* self-pipe for tcpproxy_stop */
+	struct pollfd *pfd;		/* wake, listeners, 2 per bridge */
+	struct bridge **tab;		/* bridges; tab[k]->slot == k */
+	size_t nbridges, cap;
+	struct timer_list timers[2];
+	char **spare;			/* free buffers */
+	size_t nspare;
+	size_t bufsize;
+	long long now;			/* ms, updated after each poll */
+	unsigned long next_id;
+	int accepting;			/* ACCEPT_* */
+	long long accept_retry;		/* ms; when ACCEPT_NOFD */
+	long long noted_full, noted_nofd;	/* last warnings, ms */
+	int stopping;			/* stop requests seen */
+	long long grace_end;		/* ms */
+};
+
+/* ---- prototypes ---- */
+static void bridge_close(struct tcpproxy *, struct bridge *);
+static int bridge_settle(struct tcpproxy *, struct bridge *);
+static void flow_drain(struct tcpproxy *, struct bridge *, int);
+static void listeners_update(struct tcpproxy *);
+static void accept_pause(struct tcpproxy *, int);
+
+/* ---- helpers ---- */
+static const char *const reason_names[] = {
+	"open", "client-closed", "server-closed", "client-reset",
+	"server-reset", "client-error", "server-error", "connect-refused",
+	"connect-timeout", "connect-failed", "idle-timeout", "hook-closed",
+	"shutdown", "no-memory"
+};
+
+const char *
+tcpproxy_reason_name(enum tcpproxy_reason reason)
+{
+	if ((size_t)reason >= sizeof(reason_names) / sizeof(reason_names[0]))
+		return "unknown";
+	return reason_names[reason];
+}
+
+/* Returns the monotonic time in milliseconds. */
+static long long
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Returns seconds as milliseconds, rounded up so 0.0001 is not "none". */
+static long long
+secs_to_ms(double secs)
+{
+	long long ms;
+
+	if (!(secs > 0))
+		return 0;
+
+	if (secs > 1e9)
+		secs = 1e9;
+	ms = (long long)(secs * 1000);
+	return ms < secs * 1000 ? ms + 1 : ms;
+}
+
+/* Formats one log line and hands it to the configured sink. */
+static void
+say(const struct tcpproxy *p, int level, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	int n;
+
+	if (level > p->cfg.verbosity)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if (p->cfg.log != NULL) {
+		p->cfg.log(p->cfg.log_user, level, line);
+	} else {
+		char out[sizeof(line) + 16];
+
+		n = snprintf(out, sizeof(out), "tcpproxy: %s\n", line);
+		if (n >= (int)sizeof(out))
+			n = sizeof(out) - 1;
+		/* One write per line keeps lines whole across processes. */
+		if (n > 0 && write(STDERR_FILENO, out, (size_t)n) < 0)
+			return;	/* best effort: nowhere to report it */
+	}
+}
+
+/* Writes "addr:port" or "[addr]:port" into buf; returns buf. */
+static char *
+addr_name(const struct sockaddr *sa, socklen_t len, char *buf, size_t size)
+{
+	char host[INET6_ADDRSTRLEN], serv[8];
+
+	if (getnameinfo(sa, len, host, sizeof(host), serv, sizeof(serv),
+	    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+		snprintf(buf, size, "?");
+		return buf;
+	}
+	if (sa->sa_family == AF_INET6)
+		snprintf(buf, size, "[%s]:%s", host, serv);
+	else
+		snprintf(buf, size, "%s:%s", host, serv);
+	return buf;
+}
+
+/* Copies msg into err (if any) and sets errno; returns NULL. */
+static void *
+fail(char *err, size_t errlen, int errnum, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err != NULL && errlen > 0) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	errno = errnum;
+	return NULL;
+}
+
+/* ---- sockets ---- */
+
+/*
+ * Makes a new descriptor nonblocking and close-on-exec, with fcntl()
+ * rather than accept4() or SOCK_NONBLOCK, which are not portable.
+ * Returns 0 or -1 with errno set.
+ */
+static int
+fd_prepare(int fd)
+{
+	int fl;
+
+	if ((fl = fcntl(fd, F_GETFL)) == -1 ||
+	    fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1 ||
+	    fcntl(fd, F_SETFD, FD_CLOEXEC) == -1)
+		return -1;
+	return 0;
+}
+
+/* Sets the options every relayed socket gets; returns 0 or -1. */
+static int
+sock_prepare(int fd)
+{
+	int one = 1;
+
+	if (fd_prepare(fd) == -1)
+		return -1;
+	/* The endpoints already coalesce; the proxy must not add delay. */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+#if defined(SO_NOSIGPIPE) && !defined(MSG_NOSIGNAL)
+	(void)setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one));
+#endif
+	return 0;
+}
+
+/* Closes fd, keeping errno; a failing close leaves nothing to retry. */
+static void
+fd_close(int fd)
+{
+	int saved = errno;
+
+	if (fd >= 0)
+		(void)close(fd);
+	errno = saved;
+}
+
+/*
+ * Binds and listens on one address; returns the descriptor, or -1 with
+ * errno set.
+ */
+static int
+listen_on(const struct sockaddr *sa, socklen_t len)
+{
+	int fd, one = 1;
+
+	if ((fd = socket(sa->sa_family, SOCK_STREAM, 0)) == -1)
+		return -1;
+	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+#ifdef IPV6_V6ONLY
+	/* Explicit, so binding both :: and 0.0.0.0 works everywhere. */
+	if (sa->sa_family == AF_INET6)
+		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
+		    sizeof(one));
+#endif
+	if (fd_prepare(fd) == -1 || bind(fd, sa, len) == -1 ||
+	    listen(fd, TCPPROXY_BACKLOG) == -1) {
+		fd_close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Sets the port of an IPv4 or IPv6 socket address. */
+static void
+addr_set_port(struct sockaddr *sa, int port)
+{
+	if (sa->sa_family == AF_INET)
+		((struct sockaddr_in *)(void *)sa)->sin_port =
+		    htons((unsigned short)port);
+	else if (sa->sa_family == AF_INET6)
+		((struct sockaddr_in6 *)(void *)sa)->sin6_port =
+		    htons((unsigned short)port);
+}
+
+/* Returns the port of a bound socket, or -1. */
+static int
+fd_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1)
+		return -1;
+	if (ss.ss_family == AF_INET)
+		return ntohs(((struct sockaddr_in *)(void *)&ss)->sin_port);
+	if (ss.ss_family == AF_INET6)
+		return ntohs(((struct sockaddr_in6 *)(void *)&ss)->sin6_port);
+	return -1;
+}
+
+/* Resolves host:port; returns 0 or a getaddrinfo error code. */
+static int
+resolve(const char *host, const char *port, int passive,
+    struct addrinfo **res)
+{
+	struct addrinfo hints;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+	return getaddrinfo(host, port, &hints, res);
+}
+
+/* Returns whether ai repeats an address seen earlier in its list. */
+static int
+addr_seen(const struct addrinfo *list, const struct addrinfo *ai)
+{
+	for (; list != ai; list = list->ai_next)
+		if (list->ai_addrlen == ai->ai_addrlen &&
+		    memcmp(list->ai_addr, ai->ai_addr, ai->ai_addrlen) == 0)
+			return 1;
+	return 0;
+}
+
+/* ---- buffers ---- */
+
+/* Attaches a buffer to an empty flow; returns 0, or -1 if out of memory. */
+static int
+buf_take(struct tcpproxy *p, struct flow *f)
+{
+	if (f->buf != NULL)
+		return 0;
+	if (p->nspare > 0)
+		f->buf = p->spare[--p->nspare];
+	else if ((f->buf = malloc(p->bufsize)) == NULL)
+		return -1;
+	f->off = f->len = 0;
+	return 0;
+}
+
+/* Detaches the buffer of a flow and forgets its bytes. */
+static void
+buf_give(struct tcpproxy *p, struct flow *f)
+{
+	if (f->buf == NULL)
+		return;
+	if (p->nspare < TCPPROXY_SPARE_BUFFERS)
+		p->spare[p->nspare++] = f->buf;
+	else
+		free(f->buf);
+	f->buf = NULL;
+	f->off = f->len = 0;
+}
+
+/* ---- timers ---- */
+
+static void
+timer_unlink(struct tcpproxy *p, struct bridge *b)
+{
+	struct timer_list *l;
+
+	if (b->timer == TIMER_NONE)
+		return;
+	l = &p->timers[b->timer];
+	if (b->prev != NULL)
+		b->prev->next = b->next;
+	else
+		l->head = b->next;
+	if (b->next != NULL)
+		b->next->prev = b->prev;
+	else
+		l->tail = b->prev;
+	b->prev = b->next = NULL;
+	b->timer = TIMER_NONE;
+}
+
+/* Puts b at the tail of list t (if that list is in use), as of now. */
+static void
+timer_set(struct tcpproxy *p, struct bridge *b, int t)
+{
+	struct timer_list *l = &p->timers[t];
+
+	timer_unlink(p, b);
+	b->last = p->now;
+	if (l->timeout == 0)
+		return;
+	b->timer = (unsigned char)t;
+	b->prev = l->tail;
+	b->next = NULL;
+	if (l->tail != NULL)
+		l->tail->next = b;
+	else
+		l->head = b;
+	l->tail = b;
+}
+
+/* Notes progress on an established bridge: O(1), done on every I/O. */
+static void
+bridge_touch(struct tcpproxy *p, struct bridge *b)
+{
+	b->last = p->now;
+	if (b->timer == TIMER_IDLE && b != p->timers[TIMER_IDLE].tail)
+		timer_set(p, b, TIMER_IDLE);
+}
+
+/* ---- bridge I/O ---- */
+
+/* Records the first reason a bridge has to end. */
+static void
+bridge_end(struct bridge *b, enum tcpproxy_reason reason, int error)
+{
+	if (b->reason == TCPPROXY_REASON_NONE) {
+		b->reason = reason;
+		b->error = error;
+	}
+}
+
+/* Fills the info a hook sees about a bridge. */
+static void
+bridge_info(const struct tcpproxy *p, const struct bridge *b,
+    struct tcpproxy_bridge_info *info)
+{
+	memset(info, 0, sizeof(*info));
+	info->id = b->id;
+	info->client_name = b->client;
+	info->server_name = p->targets[b->target].name;
+	info->bytes[TCPPROXY_UPSTREAM] = b->flow[CLIENT].bytes;
+	info->bytes[TCPPROXY_DOWNSTREAM] = b->flow[SERVER].bytes;
+	info->duration = (double)(p->now - b->start) / 1000.0;
+	info->reason = b->reason;
+	info->error = b->error;
+}
+
+/* Side s is dead: nothing more goes in or out of it. */
+static void
+side_fail(struct tcpproxy *p, struct bridge *b, int s, int err)
+{
+	int reset = err == ECONNRESET || err == EPIPE;
+
+	if (s == CLIENT)
+		bridge_end(b, reset ? TCPPROXY_REASON_CLIENT_RESET :
+		    TCPPROXY_REASON_CLIENT_ERROR, err);
+	else
+		bridge_end(b, reset ? TCPPROXY_REASON_SERVER_RESET :
+		    TCPPROXY_REASON_SERVER_ERROR, err);
+	b->rd[s] = b->wr[s] = 0;
+	/* Bytes bound for s have nowhere to go, so stop taking them. */
+	buf_give(p, &b->flow[!s]);
+	b->rd[!s] = 0;
+}
+
+/* Side s sent EOF. */
+static void
+side_eof(struct tcpproxy *p, struct bridge *b, int s)
+{
+	bridge_end(b, s == CLIENT ? TCPPROXY_REASON_CLIENT_CLOSED :
+	    TCPPROXY_REASON_SERVER_CLOSED, 0);
+	b->rd[s] = 0;
+	if (!p->cfg.half_close)
+		b->rd[!s] = 0;
+}
+
+/*
+ * Reads once from side s into flow[s], runs the data hook, and tries to
+ * write the bytes to !s at once rather than a poll round later.
+ */
+static void
+flow_fill(struct tcpproxy *p, struct bridge *b, int s)
+{
+	const struct tcpproxy_hooks *h = p->cfg.hooks;
+	struct flow *f = &b->flow[s];
+	size_t room, start;
+	ssize_t n;
+
+	if (buf_take(p, f) == -1) {
+		bridge_end(b, TCPPROXY_REASON_NO_MEMORY, ENOMEM);
+		b->rd[CLIENT] = b->rd[SERVER] = 0;
+		return;
+	}
+	if (f->off > 0 && f->len == p->bufsize) {
+		/* Full at the end but not at the start: slide down. */
+		memmove(f->buf, f->buf + f->off, f->len - f->off);
+		f->len -= f->off;
+		f->off = 0;
+	}
+	room = p->bufsize - f->len;
+	if (room == 0)
+		return;	/* woken by POLLHUP with a full buffer: wait */
+	if (h != NULL && h->on_data != NULL && room > 1)
+		room /= 2;	/* the hook may grow the chunk to cap */
+	start = f->len;
+	n = recv(b->fd[s], f->buf + start, room, 0);
+	if (n == 0) {
+		side_eof(p, b, s);
+	} else if (n < 0) {
+		if (errno != EINTR && !WOULD_BLOCK(errno))
+			side_fail(p, b, s, errno);
+	} else {
+		size_t len = (size_t)n;
+
+		bridge_touch(p, b);
+		if (h != NULL && h->on_data != NULL) {
+			struct tcpproxy_bridge_info info;
+			enum tcpproxy_verdict v;
+
+			bridge_info(p, b, &info);
+			v = h->on_data(h->user, b->hook_data, &info,
+			    s == CLIENT ? TCPPROXY_UPSTREAM :
+			    TCPPROXY_DOWNSTREAM, f->buf + start, &len,
+			    p->bufsize - start);
+			if (len > p->bufsize - start)
+				len = p->bufsize - start;
+			if (v != TCPPROXY_PASS)
+				len = 0;
+			if (v == TCPPROXY_CLOSE) {
+				bridge_end(b, TCPPROXY_REASON_HOOK, 0);
+				b->rd[CLIENT] = b->rd[SERVER] = 0;
+			}
+		}
+		f->len += len;
+	}
+	if (f->off == f->len)
+		buf_give(p, f);
+	else
+		flow_drain(p, b, s);
+}
+
+/* Writes what flow[s] holds to side !s, as much as it takes. */
+static void
+flow_drain(struct tcpproxy *p, struct bridge *b, int s)
+{
+	struct flow *f = &b->flow[s];
+	int d = !s;
+	ssize_t n;
+
+	if (f->buf == NULL || !b->wr[d] || b->connecting)
+		return;
+	n = send(b->fd[d], f->buf + f->off, f->len - f->off, SEND_FLAGS);
+	if (n < 0) {
+		if (errno != EINTR && !WOULD_BLOCK(errno))
+			side_fail(p, b, d, errno);
+		return;
+	}
+	bridge_touch(p, b);
+	f->off += (size_t)n;
+	f->bytes += (unsigned long long)n;
+	if (f->off == f->len)
+		buf_give(p, f);
+}
+
+/* Returns the poll events side s of b wants, derived from its state. */
+static short
+want(const struct tcpproxy *p, const struct bridge *b, int s)
+{
+	short ev = 0;
+
+	if (b->connecting)
+		return s == SERVER ? POLLOUT :
+		    (b->rd[s] && b->flow[s].len < p->bufsize ? POLLIN : 0);
+	if (b->rd[s] && (b->flow[s].len < p->bufsize || b->flow[s].off > 0))
+		ev |= POLLIN;
+	if (b->wr[s] && b->flow[!s].buf != NULL)
+		ev |= POLLOUT;
+	return ev;
+}
+
+/* ---- bridge lifecycle ---- */
+
+/* Returns the pollfd of side s of the bridge in slot k. */
+static struct pollfd *
+slot_pfd(struct tcpproxy *p, size_t k, int s)
+{
+	return &p->pfd[1 + p->nlisten + 2 * k + (size_t)s];
+}
+
+/*
+ * Starts a nonblocking connect to the current target or, failing that,
+ * to the next ones.  Returns 0 if a connect is under way or done, -1 when
+ * no address is left (the reason is recorded).
+ */
+static int
+server_connect(struct tcpproxy *p, struct bridge *b)
+{
+	int err = 0;
+
+	for (; b->target < p->ntargets; b->target++) {
+		const struct target *t = &p->targets[b->target];
+		int fd;
+
+		say(p, TCPPROXY_LOG_DEBUG, "connect id=%lu server=%s",
+		    b->id, t->name);
+		fd = socket(t->addr.ss_family, SOCK_STREAM, 0);
+		if (fd == -1) {
+			err = errno;
+			break;	/* out of descriptors: no use trying more */
+		}
+		if (sock_prepare(fd) == -1) {
+			err = errno;
+			fd_close(fd);
+			break;
+		}
+		if (connect(fd, (const struct sockaddr *)&t->addr, t->len) ==
+		    0 || errno == EINPROGRESS || errno == EINTR) {
+			b->fd[SERVER] = fd;
+			b->connecting = 1;
+			timer_set(p, b, TIMER_CONNECT);
+			return 0;
+		}
+		err = errno;
+		say(p, TCPPROXY_LOG_DEBUG, "connect id=%lu server=%s: %s",
+		    b->id, t->name, strerror(err));
+		fd_close(fd);
+	}
+	if (b->target >= p->ntargets)
+		b->target = p->ntargets - 1;
+	bridge_end(b, err == ECONNREFUSED ? TCPPROXY_REASON_CONNECT_REFUSED :
+	    TCPPROXY_REASON_CONNECT_FAILED, err);
+	return -1;
+}
+
+/* Gives up on the server address being tried and moves to the next. */
+static void
+server_retry(struct tcpproxy *p, struct bridge *b, int err)
+{
+	say(p, TCPPROXY_LOG_DEBUG, "connect id=%lu server=%s: %s", b->id,
+	    p->targets[b->target].name, strerror(err));
+	fd_close(b->fd[SERVER]);
+	b->fd[SERVER] = -1;
+	b->connecting = 0;
+	b->target++;
+	if (b->target < p->ntargets && server_connect(p, b) == 0)
+		return;
+	if (b->target >= p->ntargets)
+		b->target = p->ntargets - 1;
+	if (err == ETIMEDOUT)
+		bridge_end(b, TCPPROXY_REASON_CONNECT_TIMEOUT, 0);
+	else if (err == ECONNREFUSED)
+		bridge_end(b, TCPPROXY_REASON_CONNECT_REFUSED, err);
+	else
+		bridge_end(b, TCPPROXY_REASON_CONNECT_FAILED, err);
+	b->rd[CLIENT] = b->wr[CLIENT] = b->rd[SERVER] = b->wr[SERVER] = 0;
+}
+
+/* The server socket polled writable while connecting: did it connect? */
+static void
+server_connected(struct tcpproxy *p, struct bridge *b)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(b->fd[SERVER], SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+		err = errno;
+	if (err == EINPROGRESS || err == EINTR)
+		return;
+	if (err != 0) {
+		server_retry(p, b, err);
+		return;
+	}
+	b->connecting = 0;
+	timer_set(p, b, TIMER_IDLE);
+	say(p, TCPPROXY_LOG_DEBUG, "connected id=%lu server=%s", b->id,
+	    p->targets[b->target].name);
+	flow_drain(p, b, CLIENT);
+}
+
+/* Grows the bridge table and pollfd array to hold one more bridge. */
+static int
+table_grow(struct tcpproxy *p)
+{
+	size_t cap = p->cap ? p->cap * 2 : 64;
+	struct bridge **tab;
+	struct pollfd *pfd;
+
+	if (p->nbridges < p->cap)
+		return 0;
+	if ((tab = realloc(p->tab, cap * sizeof(*tab))) == NULL)
+		return -1;
+	p->tab = tab;
+	pfd = realloc(p->pfd, (1 + p->nlisten + 2 * cap) * sizeof(*pfd));
+	if (pfd == NULL)
+		return -1;
+	p->pfd = pfd;
+	p->cap = cap;
+	return 0;
+}
+
+/* Logs the end of a bridge in the documented key=value form. */
+static void
+bridge_log_close(struct tcpproxy *p, const struct bridge *b)
+{
+	char err[128] = "";
+
+	if (b->error != 0)
+		snprintf(err, sizeof(err), " error=\"%s\"", strerror(b->error));
+	say(p, TCPPROXY_LOG_INFO, "close id=%lu client=%s server=%s up=%llu "
+	    "down=%llu duration=%.3f reason=%s%s", b->id, b->client,
+	    p->targets[b->target].name, b->flow[CLIENT].bytes,
+	    b->flow[SERVER].bytes, (double)(p->now - b->start) / 1000.0,
+	    tcpproxy_reason_name(b->reason), err);
+}
+
+/*
+ * Closes both descriptors of b exactly once, tells the hook, and frees b;
+ * the last bridge moves into its slot.
+ */
+static void
+bridge_close(struct tcpproxy *p, struct bridge *b)
+{
+	const struct tcpproxy_hooks *h = p->cfg.hooks;
+	size_t k = b->slot, last = p->nbridges - 1;
+
+	bridge_end(b, TCPPROXY_REASON_SHUTDOWN, 0);
+	bridge_log_close(p, b);
+	if (h != NULL && h->on_close != NULL) {
+		struct tcpproxy_bridge_info info;
+
+		bridge_info(p, b, &info);
+		h->on_close(h->user, b->hook_data, &info);
+	}
+	fd_close(b->fd[CLIENT]);
+	fd_close(b->fd[SERVER]);
+	buf_give(p, &b->flow[CLIENT]);
+	buf_give(p, &b->flow[SERVER]);
+	timer_unlink(p, b);
+	if (k != last) {
+		p->tab[k] = p->tab[last];
+		p->tab[k]->slot = k;
+		*slot_pfd(p, k, CLIENT) = *slot_pfd(p, last, CLIENT);
+		*slot_pfd(p, k, SERVER) = *slot_pfd(p, last, SERVER);
+	}
+	p->nbridges--;
+	free(b);
+	/* A descriptor and a slot are free: accepting may resume. */
+	if (p->accepting == ACCEPT_FULL || p->accepting == ACCEPT_NOFD) {
+		p->accepting = ACCEPT_ON;
+		listeners_update(p);
+	}
+}
+
+/* Returns whether flow[s] has nothing more to deliver. */
+static int
+flow_done(const struct bridge *b, int s)
+{
+	return !b->rd[s] && (b->flow[s].buf == NULL || !b->wr[!s]);
+}
+
+/*
+ * Applies the close rules after anything happened to b, then projects
+ * its state onto its pollfds.  Returns 1 if b was closed.
+ */
+static int
+bridge_settle(struct tcpproxy *p, struct bridge *b)
+{
+	int s;
+
+	if (!b->connecting) {
+		for (s = CLIENT; s <= SERVER; s++) {
+			if (!p->cfg.half_close || !flow_done(b, s) ||
+			    !b->wr[!s])
+				continue;
+			/* Pass the EOF on; best effort, as for close. */
+			(void)shutdown(b->fd[!s], SHUT_WR);
+			b->wr[!s] = 0;
+		}
+	}
+	if (flow_done(b, CLIENT) && flow_done(b, SERVER)) {
+		bridge_close(p, b);
+		return 1;
+	}
+	for (s = CLIENT; s <= SERVER; s++) {
+		struct pollfd *pfd = slot_pfd(p, b->slot, s);
+
+		pfd->events = want(p, b, s);
+		pfd->fd = pfd->events ? b->fd[s] : -1;
+	}
+	return 0;
+}
+
+/*
+ * Opens a bridge for a freshly accepted client; on any failure the
+ * client's connection is closed.
+ */
+static void
+bridge_open(struct tcpproxy *p, int cfd, const struct sockaddr *sa,
+    socklen_t salen)
+{
+	const struct tcpproxy_hooks *h = p->cfg.hooks;
+	struct bridge *b;
+
+	if (sock_prepare(cfd) == -1 || table_grow(p) == -1 ||
+	    (b = calloc(1, sizeof(*b))) == NULL) {
+		say(p, TCPPROXY_LOG_ERROR, "accept: %s", strerror(errno));
+		fd_close(cfd);
+		return;
+	}
+	b->fd[CLIENT] = cfd;
+	b->fd[SERVER] = -1;
+	b->rd[CLIENT] = b->rd[SERVER] = b->wr[CLIENT] = b->wr[SERVER] = 1;
+	b->timer = TIMER_NONE;
+	b->start = b->last = p->now;
+	b->id = ++p->next_id;
+	addr_name(sa, salen, b->client, sizeof(b->client));
+	if (h != NULL && h->on_accept != NULL) {
+		struct tcpproxy_bridge_info info;
+
+		bridge_info(p, b, &info);
+		info.client = sa;
+		info.client_len = salen;
+		if (h->on_accept(h->user, &info, &b->hook_data) !=
+		    TCPPROXY_PASS) {
+			say(p, TCPPROXY_LOG_INFO, "refuse id=%lu client=%s",
+			    b->id, b->client);
+			fd_close(cfd);
+			free(b);
+			return;
+		}
+	}
+	b->slot = p->nbridges++;
+	p->tab[b->slot] = b;
+	say(p, TCPPROXY_LOG_INFO, "open id=%lu client=%s server=%s", b->id,
+	    b->client, p->targets[0].name);
+	if (server_connect(p, b) == -1) {
+		int err = b->error;
+
+		bridge_close(p, b);
+		if (err == EMFILE || err == ENFILE)
+			accept_pause(p, err);
+		return;
+	}
+	(void)bridge_settle(p, b);
+}
+
+/* ---- the loop ---- */
+
+/* Projects the accepting state onto the listeners' pollfds. */
+static void
+listeners_update(struct tcpproxy *p)
+{
+	size_t i;
+
+	for (i = 0; i < p->nlisten; i++) {
+		p->pfd[1 + i].fd = p->accepting == ACCEPT_ON ? p->lfd[i] : -1;
+		p->pfd[1 + i].events = POLLIN;
+	}
+}
+
+/* Logs a warning at most once per TCPPROXY_NOTE_INTERVAL. */
+static void
+note_once(struct tcpproxy *p, long long *last, const char *what)
+{
+	if (*last != 0 && p->now - *last < TCPPROXY_NOTE_INTERVAL)
+		return;
+	*last = p->now;
+	say(p, TCPPROXY_LOG_ERROR, "%s", what);
+}
+
+/*
+ * Stops accepting until a bridge closes or TCPPROXY_ACCEPT_RETRY passes:
+ * at the descriptor limit, accepting again at once would only spin.
+ */
+static void
+accept_pause(struct tcpproxy *p, int err)
+{
+	char msg[128];
+
+	snprintf(msg, sizeof(msg), "accept: %s; new clients wait until "
+	    "descriptors are free", strerror(err));
+	note_once(p, &p->noted_nofd, msg);
+	p->accepting = ACCEPT_NOFD;
+	p->accept_retry = p->now + TCPPROXY_ACCEPT_RETRY;
+	listeners_update(p);
+}
+
+/* Accepts every pending client of listener i, until EAGAIN or a limit. */
+static void
+listener_accept(struct tcpproxy *p, size_t i)
+{
+	char msg[128];
+
+	while (p->accepting == ACCEPT_ON) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		int fd;
+
+		if (p->cfg.max_clients > 0 &&
+		    p->nbridges >= p->cfg.max_clients) {
+			snprintf(msg, sizeof(msg), "reached max-clients limit "
+			    "(%lu), new clients wait", p->cfg.max_clients);
+			note_once(p, &p->noted_full, msg);
+			p->accepting = ACCEPT_FULL;
+			break;
+		}
+		fd = accept(p->lfd[i], (struct sockaddr *)&ss, &len);
+		if (fd >= 0) {
+			bridge_open(p, fd, (struct sockaddr *)&ss, len);
+			continue;
+		}
+		if (WOULD_BLOCK(errno))
+			return;
+		if (errno == EINTR || errno == ECONNABORTED ||
+		    errno == EPROTO)
+			continue;
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+		    errno == ENOMEM) {
+			accept_pause(p, errno);
+			break;
+		}
+		say(p, TCPPROXY_LOG_ERROR, "accept: %s", strerror(errno));
+		return;
+	}
+	listeners_update(p);
+}
+
+/* Closes the listeners: after a stop, new clients are refused. */
+static void
+listeners_close(struct tcpproxy *p)
+{
+	size_t i;
+
+	for (i = 0; i < p->nlisten; i++) {
+		fd_close(p->lfd[i]);
+		p->lfd[i] = -1;
+	}
+	p->accepting = ACCEPT_OFF;
+	listeners_update(p);
+}
+
+/* Empties the wake pipe and acts on the stop requests it carried. */
+static void
+wake_read(struct tcpproxy *p)
+{
+	char buf[64];
+	ssize_t n;
+
+	while ((n = read(p->wake[0], buf, sizeof(buf))) > 0) {
+		if (p->stopping++ == 0) {
+			listeners_close(p);
+			p->grace_end = p->now + secs_to_ms(p->cfg.grace);
+			say(p, TCPPROXY_LOG_DEBUG, "stopping, %lu bridges open",
+			    (unsigned long)p->nbridges);
+		} else {
+			p->grace_end = p->now;
+		}
+	}
+}
+
+/* Closes the bridges whose timers ran out. */
+static void
+timers_expire(struct tcpproxy *p)
+{
+	struct timer_list *l;
+	struct bridge *b;
+
+	l = &p->timers[TIMER_CONNECT];
+	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
+		server_retry(p, b, ETIMEDOUT);
+		(void)bridge_settle(p, b);
+	}
+	l = &p->timers[TIMER_IDLE];
+	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
+		bridge_end(b, TCPPROXY_REASON_IDLE_TIMEOUT, 0);
+		bridge_close(p, b);
+	}
+	if (p->stopping && p->now >= p->grace_end)
+		while (p->nbridges > 0)
+			bridge_close(p, p->tab[p->nbridges - 1]);
+	if (p->accepting == ACCEPT_NOFD && p->now >= p->accept_retry) {
+		p->accepting = ACCEPT_ON;
+		listeners_update(p);
+	}
+}
+
+/* Returns ms until the next deadline, capped by limit (-1: no limit). */
+static int
+next_timeout(const struct tcpproxy *p, int limit)
+{
+	long long when = -1, wait;
+	int t;
+
+	for (t = TIMER_CONNECT; t <= TIMER_IDLE; t++) {
+		const struct bridge *b = p->timers[t].head;
+
+		if (b != NULL && (when < 0 || b->last + p->timers[t].timeout <
+		    when))
+			when = b->last + p->timers[t].timeout;
+	}
+	if (p->stopping && (when < 0 || p->grace_end < when))
+		when = p->grace_end;
+	if (p->accepting == ACCEPT_NOFD && (when < 0 || p->accept_retry < when))
+		when = p->accept_retry;
+	if (when < 0)
+		return limit;
+	wait = when - now_ms();
+	if (wait < 0)
+		wait = 0;
+	if (wait > INT_MAX)
+		wait = INT_MAX;
+	if (limit >= 0 && wait > limit)
+		wait = limit;
+	return (int)wait;
+}
+
+/* Handles what poll() reported for bridge b; returns 1 if b was closed. */
+static int
+bridge_handle(struct tcpproxy *p, struct bridge *b, short rev[2])
+{
+	int s;
+
+	if (b->connecting && rev[SERVER] != 0) {
+		server_connected(p, b);
+		rev[SERVER] = 0;
+	}
+	/* POLLHUP and POLLERR count as readable and writable: the next
+	 * recv() or send() tells what happened. */
+	for (s = CLIENT; s <= SERVER; s++) {
+		if ((rev[s] & (POLLIN | POLLHUP | POLLERR)) && b->rd[s] &&
+		    !(b->connecting && s == SERVER))
+			flow_fill(p, b, s);
+		if ((rev[s] & (POLLOUT | POLLHUP | POLLERR)) && b->wr[s])
+			flow_drain(p, b, !s);
+	}
+	return bridge_settle(p, b);
+}
+
+int
+tcpproxy_step(struct tcpproxy *p, int timeout_ms)
+{
+	size_t k, i, nfds;
+	int n;
+
+	if (p->stopping && p->nbridges == 0)
+		return 0;
+	nfds = 1 + p->nlisten + 2 * p->nbridges;
+	n = poll(p->pfd, (nfds_t)nfds, next_timeout(p, timeout_ms));
+	if (n == -1)
+		return errno == EINTR ? 1 : -1;
+	p->now = now_ms();
+	if (p->pfd[0].revents != 0)
+		wake_read(p);
+	for (k = 0; n > 0 && k < p->nbridges; ) {
+		struct bridge *b = p->tab[k];
+		short rev[2];
+
+		rev[CLIENT] = slot_pfd(p, k, CLIENT)->revents;
+		rev[SERVER] = slot_pfd(p, k, SERVER)->revents;
+		if ((rev[CLIENT] | rev[SERVER]) == 0) {
+			k++;
+			continue;
+		}
+		n -= (rev[CLIENT] != 0) + (rev[SERVER] != 0);
+		/* Clear them: a bridge moved here by a close keeps its own. */
+		slot_pfd(p, k, CLIENT)->revents = 0;
+		slot_pfd(p, k, SERVER)->revents = 0;
+		if (!bridge_handle(p, b, rev))
+			k++;
+	}
+	for (i = 0; i < p->nlisten; i++)
+		if (p->pfd[1 + i].fd >= 0 && p->pfd[1 + i].revents != 0)
+			listener_accept(p, i);
+	timers_expire(p);
+	return p->stopping && p->nbridges == 0 ? 0 : 1;
+}
+
+/* ---- public API ---- */
+
+void
+tcpproxy_config_init(struct tcpproxy_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->connect_timeout = TCPPROXY_CONNECT_TIMEOUT;
+	cfg->grace = TCPPROXY_GRACE;
+	cfg->buffer_size = TCPPROXY_BUFFER_SIZE;
+	cfg->verbosity = TCPPROXY_LOG_INFO;
+}
+
+/* Resolves the remote address into p->targets; returns 0 or -1. */
+static int
+targets_resolve(struct tcpproxy *p, const struct tcpproxy_config *cfg,
+    char *err, size_t errlen)
+{
+	struct addrinfo *res, *ai;
+	size_t n = 0;
+	int rc;
+
+	if ((rc = resolve(cfg->remote_host, cfg->remote_port, 0, &res)) != 0) {
+		fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': %s",
+		    cfg->remote_host, gai_strerror(rc));
+		return -1;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next)
+		n++;
+	if ((p->targets = calloc(n, sizeof(*p->targets))) == NULL) {
+		freeaddrinfo(res);
+		fail(err, errlen, ENOMEM, "out of memory");
+		return -1;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		struct target *t = &p->targets[p->ntargets];
+
+		if (addr_seen(res, ai) || ai->ai_addrlen > sizeof(t->addr))
+			continue;
+		memcpy(&t->addr, ai->ai_addr, ai->ai_addrlen);
+		t->len = ai->ai_addrlen;
+		addr_name(ai->ai_addr, ai->ai_addrlen, t->name, sizeof(t->name));
+		p->ntargets++;
+	}
+	freeaddrinfo(res);
+	if (p->ntargets == 0) {
+		fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': "
+		    "no usable address", cfg->remote_host);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Binds every address the local host resolves to.  With port 0 the first
+ * bind picks the port and the others reuse it.  An address family the
+ * host lacks (no IPv6, say) is skipped if another one works.
+ */
+static int
+listeners_open(struct tcpproxy *p, const struct tcpproxy_config *cfg,
+    char *err, size_t errlen)
+{
+	struct addrinfo *res, *ai;
+	char name[ADDR_NAME_MAX];
+	size_t n = 0;
+	int rc, port = atoi(cfg->local_port), saved = 0;
+
+	if ((rc = resolve(cfg->local_host, cfg->local_port, 1, &res)) != 0) {
+		fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': %s",
+		    cfg->local_host, gai_strerror(rc));
+		return -1;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next)
+		n++;
+	if ((p->lfd = calloc(n, sizeof(*p->lfd))) == NULL) {
+		freeaddrinfo(res);
+		fail(err, errlen, ENOMEM, "out of memory");
+		return -1;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		int fd;
+
+		if (addr_seen(res, ai))
+			continue;
+		if (port != 0)
+			addr_set_port(ai->ai_addr, port);
+		addr_name(ai->ai_addr, ai->ai_addrlen, name, sizeof(name));
+		if ((fd = listen_on(ai->ai_addr, ai->ai_addrlen)) == -1) {
+			saved = errno;
+			if ((saved == EADDRNOTAVAIL || saved == EAFNOSUPPORT) &&
+			    (ai->ai_next != NULL || p->nlisten > 0)) {
+				say(p, TCPPROXY_LOG_ERROR, "skipping %s: %s",
+				    name, strerror(saved));
+				continue;
+			}
+			freeaddrinfo(res);
+			fail(err, errlen, saved, "cannot listen on %s: %s",
+			    name, strerror(saved));
+			return -1;
+		}
+		p->lfd[p->nlisten++] = fd;
+		if (port == 0)
+			port = fd_port(fd);
+	}
+	freeaddrinfo(res);
+	if (p->nlisten == 0) {
+		fail(err, errlen, saved ? saved : EADDRNOTAVAIL,
+		    "cannot listen on '%s'", cfg->local_host);
+		return -1;
+	}
+	p->port = port;
+	return 0;
+}
+
+/* Creates the wake pipe; returns 0 or -1. */
+static int
+wake_open(struct tcpproxy *p)
+{
+	if (pipe(p->wake) == -1) {
+		p->wake[0] = p->wake[1] = -1;
+		return -1;
+	}
+	if (fd_prepare(p->wake[0]) == -1 || fd_prepare(p->wake[1]) == -1)
+		return -1;
+	return 0;
+}
+
+struct tcpproxy *
+tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
+{
+	struct tcpproxy *p;
+	char name[ADDR_NAME_MAX];
+	size_t i;
+	int saved;
+
+	if (cfg == NULL || cfg->local_port == NULL ||
+	    cfg->remote_host == NULL || cfg->remote_port == NULL ||
+	    !(cfg->connect_timeout >= 0) || !(cfg->idle_timeout >= 0) ||
+	    !(cfg->grace >= 0))
+		return fail(err, errlen, EINVAL, "invalid configuration");
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		return fail(err, errlen, ENOMEM, "out of memory");
+	p->cfg = *cfg;
+	p->cfg.local_host = p->cfg.local_port = NULL;
+	p->cfg.remote_host = p->cfg.remote_port = NULL;
+	p->bufsize = cfg->buffer_size ? cfg->buffer_size :
+	    TCPPROXY_BUFFER_SIZE;
+	p->timers[TIMER_CONNECT].timeout = secs_to_ms(cfg->connect_timeout);
+	p->timers[TIMER_IDLE].timeout = secs_to_ms(cfg->idle_timeout);
+	p->now = now_ms();
+	p->wake[0] = p->wake[1] = -1;
+	if (targets_resolve(p, cfg, err, errlen) == -1 ||
+	    listeners_open(p, cfg, err, errlen) == -1)
+		goto bad;
+	if (wake_open(p) == -1 ||
+	    (p->spare = calloc(TCPPROXY_SPARE_BUFFERS, sizeof(char *))) ==
+	    NULL || table_grow(p) == -1) {
+		fail(err, errlen, errno, "cannot start: %s", strerror(errno));
+		goto bad;
+	}
+	p->pfd[0].fd = p->wake[0];
+	p->pfd[0].events = POLLIN;
+	p->accepting = ACCEPT_ON;
+	listeners_update(p);
+	for (i = 0; i < p->nlisten; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+
+		if (getsockname(p->lfd[i], (struct sockaddr *)&ss, &len) == 0)
+			say(p, TCPPROXY_LOG_ERROR, "listening on %s",
+			    addr_name((struct sockaddr *)&ss, len, name,
+			    sizeof(name)));
+	}
+	return p;
+bad:
+	saved = errno;
+	tcpproxy_free(p);
+	errno = saved;
+	return NULL;
+}
+
+int
+tcpproxy_run(struct tcpproxy *p)
+{
+	int rc;
+
+	while ((rc = tcpproxy_step(p, -1)) == 1)
+		;
+	return rc;
+}
+
+void
+tcpproxy_stop(struct tcpproxy *p)
+{
+	int saved = errno;
+
+	/* A full pipe already holds a wake-up: nothing is lost. */
+	if (write(p->wake[1], "", 1) < 0)
+		errno = saved;
+	errno = saved;
+}
+
+int
+tcpproxy_bound_port(const struct tcpproxy *p)
+{
+	return p->port;
+}
+
+unsigned long
+tcpproxy_bridges(const struct tcpproxy *p)
+{
+	return (unsigned long)p->nbridges;
+}
+
+void
+tcpproxy_free(struct tcpproxy *p)
+{
+	size_t i;
+
+	if (p == NULL)
+		return;
+	p->now = now_ms();
+	while (p->nbridges > 0)
+		bridge_close(p, p->tab[p->nbridges - 1]);
+	for (i = 0; i < p->nlisten; i++)
+		fd_close(p->lfd[i]);
+	fd_close(p->wake[0]);
+	fd_close(p->wake[1]);
+	for (i = 0; i < p->nspare; i++)
+		free(p->spare[i]);
+	free(p->spare);
+	free(p->tab);
+	free(p->pfd);
+	free(p->lfd);
+	free(p->targets);
+	free(p);
+}
+
+/* ---- the command line ---- */
+#ifndef TCPPROXY_NO_MAIN
+
+#include <getopt.h>
+
+static const char usage_line[] =
+    "usage: tcpproxy [-Hhqv] [-b bytes] [-c max-clients] [-i idle-secs]\n"
+    "                [-t connect-secs] [--grace secs]\n"
+    "                local_host local_port remote_host remote_port\n";
+
+static struct tcpproxy *the_proxy;	/* for the signal handler only */
+
+/* Prints a usage error naming the bad word, then the usage; exits 2. */
+static void
+usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("tcpproxy: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	fputs(usage_line, stderr);
+	exit(2);
+}
+
+static void
+help(void)
+{
+	printf("%s\n"
+	    "Relay TCP connections from local_host:local_port to "
+	    "remote_host:remote_port.\n\n"
+	    "  -b, --buffer-size BYTES     buffer per direction per bridge "
+	    "(default 64k)\n"
+	    "  -c, --max-clients N         at most N bridges at once; "
+	    "others wait\n"
+	    "  -t, --connect-timeout SECS  per server address (default 10, "
+	    "0: none)\n"
+	    "  -i, --idle-timeout SECS     close bridges idle that long "
+	    "(default: never)\n"
+	    "  -H, --half-close            pass an EOF on as a half-close\n"
+	    "      --grace SECS            time bridges may finish after "
+	    "SIGTERM (default 5)\n"
+	    "  -q, --quiet                 no per-bridge log lines\n"
+	    "  -v, --verbose               more detail in the log\n"
+	    "  -h, --help                  this help\n"
+	    "  -V, --version               the version\n", usage_line);
+}
+
+/* Parses a port number 0..65535 (digits only); exits 2 if it is not. */
+static const char *
+parse_port(const char *s, const char *what)
+{
+	size_t i, n = strlen(s);
+	long v;
+
+	for (i = 0; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			break;
+	if (n == 0 || i < n || n > 5 || (v = strtol(s, NULL, 10)) > 65535)
+		usage_error("invalid %s '%s': not a number in 0..65535", what,
+		    s);
+	return s;
+}
+
+/* Parses a duration in seconds, fractions allowed; exits 2 if bad. */
+static double
+parse_secs(const char *s, const char *opt)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (end == s || *end != '\0' || errno != 0 || !(v >= 0) ||
+	    v > 1e9 || *s == ' ' || *s == '\t')
+		usage_error("invalid %s '%s': not a number of seconds >= 0",
+		    opt, s);
+	return v;
+}
+
+/* Parses a count 1..ULONG_MAX/2, digits and an optional k/m/g suffix. */
+static unsigned long long
+parse_size(const char *s, const char *opt, unsigned long long max)
+{
+	unsigned long long v = 0, mult = 1;
+	const char *q = s;
+
+	if (*q < '0' || *q > '9')
+		usage_error("invalid %s '%s': not a positive number", opt, s);
+	for (; *q >= '0' && *q <= '9'; q++) {
+		if (v > (max - (unsigned)(*q - '0')) / 10)
+			usage_error("invalid %s '%s': too large", opt, s);
+		v = v * 10 + (unsigned)(*q - '0');
+	}
+	switch (*q) {
+	case 'k': case 'K': mult = 1024; q++; break;
+	case 'm': case 'M': mult = 1024 * 1024; q++; break;
+	case 'g': case 'G': mult = 1024 * 1024 * 1024; q++; break;
+	default: break;
+	}
+	if (*q != '\0')
+		usage_error("invalid %s '%s': not a positive number", opt, s);
+	if (v == 0)
+		usage_error("invalid %s '%s': must be at least 1", opt, s);
+	if (v > max / mult)
+		usage_error("invalid %s '%s': too large", opt, s);
+	return v * mult;
+}
+
+static void
+on_signal(int sig)
+{
+	(void)sig;
+	if (the_proxy != NULL)
+		tcpproxy_stop(the_proxy);
+}
+
+/* Raises the soft descriptor limit to the hard one: best effort. */
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur == rl.rlim_max)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) == -1) {
+#ifdef OPEN_MAX
+		/* Some systems refuse an unlimited hard limit here. */
+		rl.rlim_cur = OPEN_MAX;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+#endif
+	}
+}
+
+/* Installs the signal handlers; returns 0 or -1. */
+static int
+signals_init(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = SIG_IGN;
+	if (sigaction(SIGPIPE, &sa, NULL) == -1)
+		return -1;
+	sa.sa_handler = on_signal;
+	if (sigaction(SIGINT, &sa, NULL) == -1 ||
+	    sigaction(SIGTERM, &sa, NULL) == -1)
+		return -1;
+	return 0;
+}
+
+enum { OPT_GRACE = 256 };
+
+int
+main(int argc, char *argv[])
+{
+	static const struct option longopts[] = {
+		{ "buffer-size", required_argument, NULL, 'b' },
+		{ "max-clients", required_argument, NULL, 'c' },
+		{ "connect-timeout", required_argument, NULL, 't' },
+		{ "idle-timeout", required_argument, NULL, 'i' },
+		{ "half-close", no_argument, NULL, 'H' },
+		{ "grace", required_argument, NULL, OPT_GRACE },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct tcpproxy_config cfg;
+	struct tcpproxy *p;
+	char err[256];
+	int c, rc;
+
+	tcpproxy_config_init(&cfg);
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":b:c:t:i:HqvhV", longopts,
+	    NULL)) != -1) {
+		switch (c) {
+		case 'b':
+			cfg.buffer_size = (size_t)parse_size(optarg,
+			    "buffer size", 1024ULL * 1024 * 1024);
+			break;
+		case 'c':
+			cfg.max_clients = (unsigned long)parse_size(optarg,
+			    "max-clients", 1000000000ULL);
+			break;
+		case 't':
+			cfg.connect_timeout = parse_secs(optarg,
+			    "connect timeout");
+			break;
+		case 'i':
+			cfg.idle_timeout = parse_secs(optarg, "idle timeout");
+			break;
+		case OPT_GRACE:
+			cfg.grace = parse_secs(optarg, "grace");
+			break;
+		case 'H':
+			cfg.half_close = 1;
+			break;
+		case 'q':
+			cfg.verbosity = TCPPROXY_LOG_ERROR;
+			break;
+		case 'v':
+			cfg.verbosity = TCPPROXY_LOG_DEBUG;
+			break;
+		case 'h':
+			help();
+			return 0;
+		case 'V':
+			printf("tcpproxy %s\n", TCPPROXY_VERSION);
+			return 0;
+		case ':':
+			usage_error("option '%s' needs a value",
+			    argv[optind - 1]);
+			break;
+		default:
+			if (optopt != 0 && optopt < 256)
+				usage_error("unknown option '-%c'", optopt);
+			usage_error("unknown option '%s'", argv[optind - 1]);
+			break;
+		}
+	}
+	argc -= optind;
+	argv += optind;
+	if (argc < 4)
+		usage_error("missing arguments: need local_host local_port "
+		    "remote_host remote_port");
+	if (argc > 4)
+		usage_error("extra argument '%s'", argv[4]);
+	cfg.local_host = argv[0];
+	cfg.local_port = parse_port(argv[1], "local port");
+	cfg.remote_host = argv[2];
+	cfg.remote_port = parse_port(argv[3], "remote port");
+	if (strcmp(cfg.remote_port, "0") == 0)
+		usage_error("invalid remote port '0': cannot connect to it");
+
+	raise_fd_limit();
+	if ((p = tcpproxy_create(&cfg, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "tcpproxy: %s\n", err);
+		return 1;
+	}
+	the_proxy = p;
+	if (signals_init() == -1) {
+		fprintf(stderr, "tcpproxy: sigaction: %s\n", strerror(errno));
+		tcpproxy_free(p);
+		return 1;
+	}
+	rc = tcpproxy_run(p);
+	if (rc == -1)
+		fprintf(stderr, "tcpproxy: poll: %s\n", strerror(errno));
+	the_proxy = NULL;
+	tcpproxy_free(p);
+	return rc == -1 ? 1 : 0;
+}
+
+#endif /* TCPPROXY_NO_MAIN */

@@ -1,0 +1,204 @@
+/*
+ * tcpproxy.h - the public interface of tcpproxy, a small TCP proxy.
+ *
+ * Distributed under the Boost Software License, Version 1.0.
+ * (See accompanying file LICENSE or copy at
+ * https://www.boost.org/LICENSE_1_0.txt)
+ *
+ * Compile tcpproxy.c with -DTCPPROXY_NO_MAIN and link it into a program to
+ * embed the proxy.  A proxy is an opaque handle: create it from a config
+ * (this resolves both addresses and starts listening), drive it with
+ * tcpproxy_run() or tcpproxy_step(), stop it with tcpproxy_stop() and
+ * release it with tcpproxy_free().  The library keeps no global state, so
+ * a program may run several proxies, each from one thread at a time.
+ *
+ * The library never exits and never changes the process's signal
+ * dispositions or resource limits.  Where the platform has neither
+ * MSG_NOSIGNAL nor SO_NOSIGPIPE the program must ignore SIGPIPE itself.
+ */
+#ifndef TCPPROXY_H
+#define TCPPROXY_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TCPPROXY_VERSION "0.1.0"
+
+/* Log levels, for tcpproxy_config.verbosity and the log callback. */
+enum tcpproxy_log_level {
+	TCPPROXY_LOG_ERROR = 0,	/* failures, warnings, the ready line */
+	TCPPROXY_LOG_INFO = 1,	/* one line per bridge open and close */
+	TCPPROXY_LOG_DEBUG = 2	/* connect attempts and other detail */
+};
+
+/* Directions of a bridge. */
+enum tcpproxy_dir {
+	TCPPROXY_UPSTREAM = 0,	/* client -> proxy -> server */
+	TCPPROXY_DOWNSTREAM = 1	/* server -> proxy -> client */
+};
+
+/* What a hook wants done with a client or a chunk of data. */
+enum tcpproxy_verdict {
+	TCPPROXY_PASS = 0,	/* admit the client; relay the chunk */
+	TCPPROXY_DROP = 1,	/* discard the chunk; the bridge goes on */
+	TCPPROXY_CLOSE = 2	/* refuse the client; end the bridge */
+};
+
+/* Why a bridge ended; tcpproxy_reason_name() gives the word in the log. */
+enum tcpproxy_reason {
+	TCPPROXY_REASON_NONE = 0,	/* still open */
+	TCPPROXY_REASON_CLIENT_CLOSED,	/* "client-closed": EOF from client */
+	TCPPROXY_REASON_SERVER_CLOSED,	/* "server-closed": EOF from server */
+	TCPPROXY_REASON_CLIENT_RESET,	/* "client-reset" */
+	TCPPROXY_REASON_SERVER_RESET,	/* "server-reset" */
+	TCPPROXY_REASON_CLIENT_ERROR,	/* "client-error": other I/O error */
+	TCPPROXY_REASON_SERVER_ERROR,	/* "server-error" */
+	TCPPROXY_REASON_CONNECT_REFUSED, /* "connect-refused" */
+	TCPPROXY_REASON_CONNECT_TIMEOUT, /* "connect-timeout" */
+	TCPPROXY_REASON_CONNECT_FAILED,	/* "connect-failed": any other error */
+	TCPPROXY_REASON_IDLE_TIMEOUT,	/* "idle-timeout" */
+	TCPPROXY_REASON_HOOK,		/* "hook-closed": on_data said CLOSE */
+	TCPPROXY_REASON_SHUTDOWN,	/* "shutdown": grace period ran out */
+	TCPPROXY_REASON_NO_MEMORY	/* "no-memory" */
+};
+
+/*
+ * What a hook is told about a bridge.  The pointers are valid only during
+ * the call.  bytes[] counts bytes delivered: bytes[TCPPROXY_UPSTREAM] were
+ * written to the server, bytes[TCPPROXY_DOWNSTREAM] to the client.
+ */
+struct tcpproxy_bridge_info {
+	unsigned long id;		/* 1, 2, 3... per proxy */
+	const struct sockaddr *client;	/* the client's address */
+	socklen_t client_len;
+	const char *client_name;	/* "127.0.0.1:40000", "[::1]:40000" */
+	const char *server_name;	/* the server address last tried */
+	unsigned long long bytes[2];
+	double duration;		/* seconds since accept */
+	enum tcpproxy_reason reason;	/* TCPPROXY_REASON_NONE until close */
+	int error;			/* errno behind the reason, or 0 */
+};
+
+/*
+ * Per-bridge hooks.  Every hook is optional (NULL) and gets the user
+ * pointer of this struct.  Rules for hook authors:
+ *
+ * - Hooks run on the thread that calls tcpproxy_run() or tcpproxy_step(),
+ *   inside the poll loop.  They must not block: every other bridge waits
+ *   while a hook runs.  They must not call tcpproxy_free() or
+ *   tcpproxy_run(); tcpproxy_stop() is allowed.
+ *
+ * - on_accept is called once per accepted client, before the proxy
+ *   connects to the server.  Returning TCPPROXY_CLOSE refuses the client:
+ *   its connection is closed at once, the refusal is logged, and neither
+ *   on_data nor on_close is called for it.  Returning TCPPROXY_PASS admits
+ *   it; *bridge_data (NULL on entry) may be set to a pointer of the hook's
+ *   own, passed back to on_data and on_close.
+ *
+ * - on_data is called once for every chunk read from either side, before
+ *   the chunk is queued for the other side.  data[0..*len) is the chunk.
+ *   The hook may edit those bytes in place, and may change *len to any
+ *   value from 0 to cap; the bytes data[0..cap) are its to write.  The
+ *   proxy reads at most half of the free buffer space while an on_data
+ *   hook is set, so cap is always at least twice the chunk's length.
+ *   Returning TCPPROXY_DROP discards the chunk (as does *len = 0).
+ *   Returning TCPPROXY_CLOSE discards the chunk and ends the bridge: no
+ *   more bytes are read from either side, bytes already passed and still
+ *   buffered are delivered, then both connections are closed.
+ *
+ * - on_close is called exactly once for every bridge that on_accept
+ *   admitted (or every accepted client when on_accept is NULL), whatever
+ *   ended it: EOF, reset, failed connect, timeout, a hook, out of memory,
+ *   shutdown or tcpproxy_free().  It is the place to free bridge_data.
+ *   When it runs, both descriptors are still open; they are closed right
+ *   after it returns.
+ */
+struct tcpproxy_hooks {
+	void *user;
+	enum tcpproxy_verdict (*on_accept)(void *user,
+	    const struct tcpproxy_bridge_info *info, void **bridge_data);
+	enum tcpproxy_verdict (*on_data)(void *user, void *bridge_data,
+	    const struct tcpproxy_bridge_info *info, enum tcpproxy_dir dir,
+	    char *data, size_t *len, size_t cap);
+	void (*on_close)(void *user, void *bridge_data,
+	    const struct tcpproxy_bridge_info *info);
+};
+
+/*
+ * How to build a proxy.  Fill it with tcpproxy_config_init(), then set
+ * the four addresses and whatever else differs from the defaults.  The
+ * proxy copies what it needs; the struct and its strings may go away
+ * after tcpproxy_create() returns, except hooks, which must outlive it.
+ */
+struct tcpproxy_config {
+	const char *local_host;		/* name or literal; bind all it gives */
+	const char *local_port;		/* "0" picks a free port */
+	const char *remote_host;
+	const char *remote_port;
+	unsigned long max_clients;	/* bridges at once; 0: no limit */
+	double connect_timeout;		/* seconds per address; 0: none */
+	double idle_timeout;		/* seconds; 0: none */
+	double grace;			/* seconds bridges may finish after stop */
+	size_t buffer_size;		/* bytes per direction per bridge */
+	int half_close;			/* pass an EOF on as shutdown(SHUT_WR) */
+	int verbosity;			/* highest tcpproxy_log_level logged */
+	/* Where log lines go; NULL writes "tcpproxy: LINE\n" to stderr. */
+	void (*log)(void *log_user, int level, const char *line);
+	void *log_user;
+	const struct tcpproxy_hooks *hooks;	/* NULL: none */
+};
+
+struct tcpproxy;
+
+/* Fills *cfg with the defaults: 10 s connect timeout, 5 s grace, ... */
+void tcpproxy_config_init(struct tcpproxy_config *cfg);
+
+/*
+ * Resolves both addresses, binds and listens, and logs the ready line(s)
+ * "listening on ADDR:PORT".  Returns the proxy, or NULL with errno set and
+ * a one-line reason in err[0..errlen) (err may be NULL).
+ */
+struct tcpproxy *tcpproxy_create(const struct tcpproxy_config *cfg,
+    char *err, size_t errlen);
+
+/*
+ * Runs the poll loop until the proxy is stopped and its bridges are done.
+ * Returns 0, or -1 with errno set if poll() itself fails.
+ */
+int tcpproxy_run(struct tcpproxy *p);
+
+/*
+ * Runs one round of the poll loop, waiting at most timeout_ms (-1: until
+ * something happens).  Returns 1 while the proxy runs, 0 once it has
+ * stopped and every bridge is closed, -1 with errno set on failure.
+ */
+int tcpproxy_step(struct tcpproxy *p, int timeout_ms);
+
+/*
+ * Asks the proxy to stop: close its listeners, give open bridges the
+ * grace period, then close the rest.  A second call ends the grace period
+ * at once.  Safe to call from a signal handler or another thread.
+ */
+void tcpproxy_stop(struct tcpproxy *p);
+
+/* Returns the port the proxy listens on (useful after port "0"). */
+int tcpproxy_bound_port(const struct tcpproxy *p);
+
+/* Returns the number of open bridges. */
+unsigned long tcpproxy_bridges(const struct tcpproxy *p);
+
+/* Closes every bridge (calling on_close) and listener, and frees p. */
+void tcpproxy_free(struct tcpproxy *p);
+
+/* Returns the log word for a reason, e.g. "client-closed". */
+const char *tcpproxy_reason_name(enum tcpproxy_reason reason);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TCPPROXY_H */
