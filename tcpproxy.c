@@ -120,15 +120,21 @@ struct flow {
 	char *buf;			/* NULL while empty */
 	size_t off, len;		/* queued bytes are buf[off..len) */
 	unsigned long long bytes;	/* delivered to the other side */
+	unsigned long long taken;	/* read from this side */
+	double tokens;			/* --rate: bytes it may read now */
+	long long stamp;		/* --rate: when tokens was computed */
+	long long resume;		/* --rate: paused until then; 0: not */
 };
 
 struct bridge {
 	struct bridge *prev, *next;	/* timer list, ordered by last */
+	struct bridge *tprev, *tnext;	/* throttled list (--rate) */
 	size_t slot;			/* index in the bridge table */
 	int fd[2];
 	unsigned char rd[2], wr[2];
 	unsigned char connecting;
 	unsigned char timer;		/* TIMER_*: which list holds it */
+	unsigned char throttled;	/* on the throttled list */
 	enum tcpproxy_reason reason;	/* first cause of the end */
 	int error;
 	size_t target;			/* index of the server address */
@@ -162,6 +168,8 @@ struct tcpproxy {
 	struct bridge **tab;		/* bridges; tab[k]->slot == k */
 	size_t nbridges, cap;
 	struct timer_list timers[2];
+	struct bridge *throttled;	/* bridges with a paused flow */
+	double burst;			/* --rate: token bucket size */
 	char **spare;			/* free buffers */
 	size_t nspare;
 	size_t bufsize;
@@ -171,6 +179,7 @@ struct tcpproxy {
 	long long accept_retry;		/* ms; when ACCEPT_NOFD */
 	long long noted_full, noted_nofd;	/* last warnings, ms */
 	int stopping;			/* stop requests seen */
+	char worker[24];		/* " worker=N" in logs, or "" */
 	long long grace_end;		/* ms */
 };
 
@@ -186,7 +195,7 @@ static const char *const reason_names[] = {
 	"open", "client-closed", "server-closed", "client-reset",
 	"server-reset", "client-error", "server-error", "connect-refused",
 	"connect-timeout", "connect-failed", "idle-timeout", "hook-closed",
-	"shutdown", "no-memory"
+	"shutdown", "no-memory", "max-bytes"
 };
 
 const char *
@@ -490,6 +499,55 @@ bridge_touch(struct tcpproxy *p, struct bridge *b)
 		timer_set(p, b, TIMER_IDLE);
 }
 
+/* Takes b off the throttled list. */
+static void
+throttle_unlink(struct tcpproxy *p, struct bridge *b)
+{
+	if (!b->throttled)
+		return;
+	if (b->tprev != NULL)
+		b->tprev->tnext = b->tnext;
+	else
+		p->throttled = b->tnext;
+	if (b->tnext != NULL)
+		b->tnext->tprev = b->tprev;
+	b->tprev = b->tnext = NULL;
+	b->throttled = 0;
+}
+
+/*
+ * Returns how many bytes flow[s] may read now under --rate, at most room.
+ * When too few tokens are left to be worth a read, pauses the flow until
+ * enough have come in, and returns 0.
+ */
+static size_t
+flow_allowance(struct tcpproxy *p, struct bridge *b, int s, size_t room)
+{
+	struct flow *f = &b->flow[s];
+	double rate = (double)p->cfg.rate, low = p->burst / 4;
+
+	if (p->cfg.rate == 0)
+		return room;
+	f->tokens += (double)(p->now - f->stamp) * rate / 1000.0;
+	f->stamp = p->now;
+	if (f->tokens > p->burst)
+		f->tokens = p->burst;
+	if (low < 1)
+		low = 1;
+	if (f->tokens >= low)
+		return f->tokens < (double)room ? (size_t)f->tokens : room;
+	f->resume = p->now + 1 + (long long)((low - f->tokens) * 1000 / rate);
+	if (!b->throttled) {
+		b->throttled = 1;
+		b->tprev = NULL;
+		b->tnext = p->throttled;
+		if (p->throttled != NULL)
+			p->throttled->tprev = b;
+		p->throttled = b;
+	}
+	return 0;
+}
+
 /* ---- bridge I/O ---- */
 
 /* Records the first reason a bridge has to end. */
@@ -571,10 +629,18 @@ flow_fill(struct tcpproxy *p, struct bridge *b, int s)
 		f->off = 0;
 	}
 	room = p->bufsize - f->len;
-	if (room == 0)
-		return;	/* woken by POLLHUP with a full buffer: wait */
 	if (h != NULL && h->on_data != NULL && room > 1)
 		room /= 2;	/* the hook may grow the chunk to cap */
+	if (s == CLIENT && p->cfg.max_bytes > 0 &&
+	    room > p->cfg.max_bytes - f->taken)
+		room = (size_t)(p->cfg.max_bytes - f->taken);
+	room = flow_allowance(p, b, s, room);
+	if (room == 0) {
+		/* Paused by --rate, or woken by POLLHUP with a full buffer. */
+		if (f->off == f->len)
+			buf_give(p, f);
+		return;
+	}
 	start = f->len;
 	n = recv(b->fd[s], f->buf + start, room, 0);
 	if (n == 0) {
@@ -586,6 +652,12 @@ flow_fill(struct tcpproxy *p, struct bridge *b, int s)
 		size_t len = (size_t)n;
 
 		bridge_touch(p, b);
+		f->taken += len;
+		f->tokens -= (double)len;
+		if (s == CLIENT && f->taken == p->cfg.max_bytes) {
+			bridge_end(b, TCPPROXY_REASON_MAX_BYTES, 0);
+			b->rd[CLIENT] = b->rd[SERVER] = 0;
+		}
 		if (h != NULL && h->on_data != NULL) {
 			struct tcpproxy_bridge_info info;
 			enum tcpproxy_verdict v;
@@ -642,9 +714,10 @@ want(const struct tcpproxy *p, const struct bridge *b, int s)
 	short ev = 0;
 
 	if (b->connecting)
-		return s == SERVER ? POLLOUT :
-		    (b->rd[s] && b->flow[s].len < p->bufsize ? POLLIN : 0);
-	if (b->rd[s] && (b->flow[s].len < p->bufsize || b->flow[s].off > 0))
+		return s == SERVER ? POLLOUT : (b->rd[s] && !b->flow[s].resume &&
+		    b->flow[s].len < p->bufsize ? POLLIN : 0);
+	if (b->rd[s] && !b->flow[s].resume &&
+	    (b->flow[s].len < p->bufsize || b->flow[s].off > 0))
 		ev |= POLLIN;
 	if (b->wr[s] && b->flow[!s].buf != NULL)
 		ev |= POLLOUT;
@@ -779,8 +852,8 @@ bridge_log_close(struct tcpproxy *p, const struct bridge *b)
 
 	if (b->error != 0)
 		snprintf(err, sizeof(err), " error=\"%s\"", strerror(b->error));
-	say(p, TCPPROXY_LOG_INFO, "close id=%lu client=%s server=%s up=%llu "
-	    "down=%llu duration=%.3f reason=%s%s", b->id, b->client,
+	say(p, TCPPROXY_LOG_INFO, "close id=%lu%s client=%s server=%s up=%llu "
+	    "down=%llu duration=%.3f reason=%s%s", b->id, p->worker, b->client,
 	    p->targets[b->target].name, b->flow[CLIENT].bytes,
 	    b->flow[SERVER].bytes, (double)(p->now - b->start) / 1000.0,
 	    tcpproxy_reason_name(b->reason), err);
@@ -809,6 +882,7 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	buf_give(p, &b->flow[CLIENT]);
 	buf_give(p, &b->flow[SERVER]);
 	timer_unlink(p, b);
+	throttle_unlink(p, b);
 	if (k != last) {
 		p->tab[k] = p->tab[last];
 		p->tab[k]->slot = k;
@@ -885,6 +959,8 @@ bridge_open(struct tcpproxy *p, int cfd, const struct sockaddr *sa,
 	b->rd[CLIENT] = b->rd[SERVER] = b->wr[CLIENT] = b->wr[SERVER] = 1;
 	b->timer = TIMER_NONE;
 	b->start = b->last = p->now;
+	b->flow[CLIENT].tokens = b->flow[SERVER].tokens = p->burst;
+	b->flow[CLIENT].stamp = b->flow[SERVER].stamp = p->now;
 	b->id = ++p->next_id;
 	addr_name(sa, salen, b->client, sizeof(b->client));
 	if (h != NULL && h->on_accept != NULL) {
@@ -904,8 +980,8 @@ bridge_open(struct tcpproxy *p, int cfd, const struct sockaddr *sa,
 	}
 	b->slot = p->nbridges++;
 	p->tab[b->slot] = b;
-	say(p, TCPPROXY_LOG_INFO, "open id=%lu client=%s server=%s", b->id,
-	    b->client, p->targets[0].name);
+	say(p, TCPPROXY_LOG_INFO, "open id=%lu%s client=%s server=%s", b->id,
+	    p->worker, b->client, p->targets[0].name);
 	if (server_connect(p, b) == -1) {
 		int err = b->error;
 
@@ -1036,7 +1112,7 @@ static void
 timers_expire(struct tcpproxy *p)
 {
 	struct timer_list *l;
-	struct bridge *b;
+	struct bridge *b, *next;
 
 	l = &p->timers[TIMER_CONNECT];
 	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
@@ -1047,6 +1123,21 @@ timers_expire(struct tcpproxy *p)
 	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
 		bridge_end(b, TCPPROXY_REASON_IDLE_TIMEOUT, 0);
 		bridge_close(p, b);
+	}
+	for (b = p->throttled; b != NULL; b = next) {
+		int s, paused = 0;
+
+		next = b->tnext;
+		for (s = CLIENT; s <= SERVER; s++) {
+			if (b->flow[s].resume != 0 &&
+			    b->flow[s].resume <= p->now)
+				b->flow[s].resume = 0;
+			paused |= b->flow[s].resume != 0;
+		}
+		if (!paused) {
+			throttle_unlink(p, b);
+			(void)bridge_settle(p, b);
+		}
 	}
 	if (p->stopping && p->now >= p->grace_end)
 		while (p->nbridges > 0)
@@ -1061,15 +1152,24 @@ timers_expire(struct tcpproxy *p)
 static int
 next_timeout(const struct tcpproxy *p, int limit)
 {
+	const struct bridge *b;
 	long long when = -1, wait;
 	int t;
 
 	for (t = TIMER_CONNECT; t <= TIMER_IDLE; t++) {
-		const struct bridge *b = p->timers[t].head;
+		b = p->timers[t].head;
 
 		if (b != NULL && (when < 0 || b->last + p->timers[t].timeout <
 		    when))
 			when = b->last + p->timers[t].timeout;
+	}
+	for (b = p->throttled; b != NULL; b = b->tnext) {
+		int s;
+
+		for (s = CLIENT; s <= SERVER; s++)
+			if (b->flow[s].resume != 0 &&
+			    (when < 0 || b->flow[s].resume < when))
+				when = b->flow[s].resume;
 	}
 	if (p->stopping && (when < 0 || p->grace_end < when))
 		when = p->grace_end;
@@ -1296,6 +1396,12 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	    TCPPROXY_BUFFER_SIZE;
 	p->timers[TIMER_CONNECT].timeout = secs_to_ms(cfg->connect_timeout);
 	p->timers[TIMER_IDLE].timeout = secs_to_ms(cfg->idle_timeout);
+	/* A bucket of 1/20 s: smooth, yet reads stay worth a system call. */
+	p->burst = (double)cfg->rate / 20;
+	if (p->burst > (double)p->bufsize)
+		p->burst = (double)p->bufsize;
+	if (p->burst < 1)
+		p->burst = 1;
 	p->now = now_ms();
 	p->wake[0] = p->wake[1] = -1;
 	if (targets_resolve(p, cfg, err, errlen) == -1 ||
@@ -1350,6 +1456,20 @@ tcpproxy_stop(struct tcpproxy *p)
 }
 
 int
+tcpproxy_after_fork(struct tcpproxy *p, int worker)
+{
+	fd_close(p->wake[0]);
+	fd_close(p->wake[1]);
+	if (wake_open(p) == -1)
+		return -1;
+	p->pfd[0].fd = p->wake[0];
+	p->worker[0] = '\0';
+	if (worker > 0)
+		snprintf(p->worker, sizeof(p->worker), " worker=%d", worker);
+	return 0;
+}
+
+int
 tcpproxy_bound_port(const struct tcpproxy *p)
 {
 	return p->port;
@@ -1388,14 +1508,68 @@ tcpproxy_free(struct tcpproxy *p)
 /* ---- the command line ---- */
 #ifndef TCPPROXY_NO_MAIN
 
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+
+/*
+ * setgroups() is not in POSIX, so strict headers hide it, yet dropping
+ * root without clearing supplementary groups would keep root's groups.
+ * Its prototype differs in the type of its count.
+ */
+#ifdef __linux__
+int setgroups(size_t, const gid_t *);
+#else
+int setgroups(int, const gid_t *);
+#endif
+
+#define SOURCE_BUCKETS 256
 
 static const char usage_line[] =
-    "usage: tcpproxy [-Hhqv] [-b bytes] [-c max-clients] [-i idle-secs]\n"
-    "                [-t connect-secs] [--grace secs]\n"
+    "usage: tcpproxy [-Hhqvx] [-a cidr] [-b bytes] [-c max-clients] "
+    "[-d cidr]\n"
+    "                [-i idle-secs] [-t connect-secs] [-u user[:group]] "
+    "[-w workers]\n"
+    "                [--dump-dir dir] [--dump-file file] [--grace secs]\n"
+    "                [--max-bytes bytes] [--max-per-source n] "
+    "[--rate bytes]\n"
     "                local_host local_port remote_host remote_port\n";
 
+/* An address block of -a/--allow or -d/--deny. */
+struct cidr {
+	unsigned char key[17];		/* family (4 or 6), then address */
+	unsigned int bits;
+};
+
+/* Bridges open per client address, for --max-per-source. */
+struct source {
+	struct source *next;
+	unsigned char key[17];
+	unsigned long count;
+};
+
+/* What the command line's hooks need; one per process. */
+struct cli {
+	struct cidr *allow, *deny;
+	size_t nallow, ndeny;
+	FILE *hex;			/* --hexdump output, or NULL */
+	const char *dump_dir;		/* --dump-dir, or NULL */
+	unsigned long max_per_source;	/* 0: no limit */
+	struct source *sources[SOURCE_BUCKETS];
+};
+
+/* What the hooks keep per bridge. */
+struct cli_bridge {
+	FILE *dump[2];			/* --dump-dir files, opened lazily */
+	int dump_failed;
+	unsigned long long off[2];	/* stream offset per direction */
+	struct source *source;		/* counted in --max-per-source */
+};
+
 static struct tcpproxy *the_proxy;	/* for the signal handler only */
+static volatile sig_atomic_t got_signal;	/* for the worker parent */
 
 /* Prints a usage error naming the bad word, then the usage; exits 2. */
 static void
@@ -1412,40 +1586,73 @@ usage_error(const char *fmt, ...)
 	exit(2);
 }
 
+/* Prints a runtime error and exits 1. */
+static void
+die(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("tcpproxy: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
 static void
 help(void)
 {
 	printf("%s\n"
 	    "Relay TCP connections from local_host:local_port to "
 	    "remote_host:remote_port.\n\n"
+	    "  -a, --allow CIDR            admit only clients in CIDR "
+	    "(repeatable)\n"
+	    "  -d, --deny CIDR             refuse clients in CIDR "
+	    "(repeatable; wins)\n"
 	    "  -b, --buffer-size BYTES     buffer per direction per bridge "
 	    "(default 64k)\n"
 	    "  -c, --max-clients N         at most N bridges at once; "
 	    "others wait\n"
+	    "      --max-per-source N      at most N bridges per client "
+	    "address\n"
 	    "  -t, --connect-timeout SECS  per server address (default 10, "
 	    "0: none)\n"
 	    "  -i, --idle-timeout SECS     close bridges idle that long "
 	    "(default: never)\n"
 	    "  -H, --half-close            pass an EOF on as a half-close\n"
+	    "      --max-bytes BYTES       end a bridge after BYTES "
+	    "upstream\n"
+	    "      --rate BYTES            bytes per second per direction "
+	    "per bridge\n"
+	    "  -x, --hexdump               dump all data as hex (stderr)\n"
+	    "      --dump-file FILE        write the hex dump to FILE\n"
+	    "      --dump-dir DIR          save each bridge's raw bytes in "
+	    "DIR\n"
+	    "  -w, --workers N             N processes share the listener\n"
+	    "  -u, --user USER[:GROUP]     drop privileges after binding\n"
 	    "      --grace SECS            time bridges may finish after "
 	    "SIGTERM (default 5)\n"
 	    "  -q, --quiet                 no per-bridge log lines\n"
 	    "  -v, --verbose               more detail in the log\n"
 	    "  -h, --help                  this help\n"
-	    "  -V, --version               the version\n", usage_line);
+	    "  -V, --version               the version\n"
+	    "Sizes take a suffix k, m or g; durations may have fractions.\n",
+	    usage_line);
 }
+
+/* ---- argument parsing ---- */
 
 /* Parses a port number 0..65535 (digits only); exits 2 if it is not. */
 static const char *
 parse_port(const char *s, const char *what)
 {
 	size_t i, n = strlen(s);
-	long v;
 
 	for (i = 0; i < n; i++)
 		if (s[i] < '0' || s[i] > '9')
 			break;
-	if (n == 0 || i < n || n > 5 || (v = strtol(s, NULL, 10)) > 65535)
+	if (n == 0 || i < n || n > 5 || strtol(s, NULL, 10) > 65535)
 		usage_error("invalid %s '%s': not a number in 0..65535", what,
 		    s);
 	return s;
@@ -1459,15 +1666,15 @@ parse_secs(const char *s, const char *opt)
 	double v;
 
 	errno = 0;
-	v = strtod(s, &end);
-	if (end == s || *end != '\0' || errno != 0 || !(v >= 0) ||
-	    v > 1e9 || *s == ' ' || *s == '\t')
+	v = (*s == '.' || (*s >= '0' && *s <= '9')) ? strtod(s, &end) : -1;
+	if (v < 0 || end == s || *end != '\0' || errno != 0 || !(v >= 0) ||
+	    v > 1e9)
 		usage_error("invalid %s '%s': not a number of seconds >= 0",
 		    opt, s);
 	return v;
 }
 
-/* Parses a count 1..ULONG_MAX/2, digits and an optional k/m/g suffix. */
+/* Parses a count 1..max: digits and an optional k/m/g suffix; exits 2. */
 static unsigned long long
 parse_size(const char *s, const char *opt, unsigned long long max)
 {
@@ -1496,10 +1703,319 @@ parse_size(const char *s, const char *opt, unsigned long long max)
 	return v * mult;
 }
 
+/*
+ * Reduces a socket address to a key: family 4 or 6, then 16 address
+ * bytes.  An IPv4-mapped IPv6 address counts as the IPv4 one.  Returns 0,
+ * or -1 for another family.
+ */
+static int
+addr_key(const struct sockaddr *sa, unsigned char key[17])
+{
+	static const unsigned char mapped[12] = {
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff
+	};
+
+	memset(key, 0, 17);
+	if (sa->sa_family == AF_INET) {
+		key[0] = 4;
+		memcpy(key + 1, &((const struct sockaddr_in *)(const void *)
+		    sa)->sin_addr, 4);
+		return 0;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const unsigned char *a = ((const struct sockaddr_in6 *)
+		    (const void *)sa)->sin6_addr.s6_addr;
+
+		if (memcmp(a, mapped, 12) == 0) {
+			key[0] = 4;
+			memcpy(key + 1, a + 12, 4);
+		} else {
+			key[0] = 6;
+			memcpy(key + 1, a, 16);
+		}
+		return 0;
+	}
+	return -1;
+}
+
+/*
+ * Parses "ADDR/BITS" or a bare "ADDR" (one host), IPv4 or IPv6, into *c;
+ * host bits past the prefix are cleared.  Returns 0, or -1 if malformed.
+ */
+static int
+cidr_parse(const char *s, struct cidr *c)
+{
+	char buf[INET6_ADDRSTRLEN + 8], *slash, *end;
+	unsigned int max;
+	unsigned long bits;
+	size_t i;
+
+	if (strlen(s) >= sizeof(buf))
+		return -1;
+	strcpy(buf, s);
+	memset(c, 0, sizeof(*c));
+	if ((slash = strchr(buf, '/')) != NULL)
+		*slash++ = '\0';
+	if (inet_pton(AF_INET, buf, c->key + 1) == 1) {
+		c->key[0] = 4;
+		max = 32;
+	} else if (inet_pton(AF_INET6, buf, c->key + 1) == 1) {
+		c->key[0] = 6;
+		max = 128;
+	} else {
+		return -1;
+	}
+	c->bits = max;
+	if (slash != NULL) {
+		if (*slash < '0' || *slash > '9' || strlen(slash) > 3)
+			return -1;
+		bits = strtoul(slash, &end, 10);
+		if (*end != '\0' || bits > max)
+			return -1;
+		c->bits = (unsigned int)bits;
+	}
+	for (i = 0; i < 16; i++) {
+		unsigned int keep = c->bits > 8 * i ? c->bits - 8 * (unsigned)i :
+		    0;
+
+		if (keep < 8)
+			c->key[1 + i] &= (unsigned char)(0xff00 >> keep);
+	}
+	return 0;
+}
+
+/* Returns whether the address key lies in the block c. */
+static int
+cidr_match(const struct cidr *c, const unsigned char key[17])
+{
+	unsigned int full = c->bits / 8, rest = c->bits % 8;
+
+	if (key[0] != c->key[0] || memcmp(key + 1, c->key + 1, full) != 0)
+		return 0;
+	return rest == 0 || ((key[1 + full] ^ c->key[1 + full]) &
+	    (0xff00 >> rest)) == 0;
+}
+
+/* Adds one -a or -d argument to a list; exits 2 if it is malformed. */
+static void
+cidr_add(struct cidr **list, size_t *n, const char *arg, const char *opt)
+{
+	struct cidr c, *grown;
+
+	if (cidr_parse(arg, &c) == -1)
+		usage_error("invalid %s '%s': not an address or CIDR block",
+		    opt, arg);
+	if ((grown = realloc(*list, (*n + 1) * sizeof(**list))) == NULL)
+		die("out of memory");
+	grown[(*n)++] = c;
+	*list = grown;
+}
+
+/* Returns whether the allow and deny lists admit the address key. */
+static int
+acl_admits(const struct cli *c, const unsigned char key[17])
+{
+	size_t i;
+
+	for (i = 0; i < c->ndeny; i++)
+		if (cidr_match(&c->deny[i], key))
+			return 0;
+	if (c->nallow == 0)
+		return 1;
+	for (i = 0; i < c->nallow; i++)
+		if (cidr_match(&c->allow[i], key))
+			return 1;
+	return 0;
+}
+
+/* ---- the command line's hooks ---- */
+
+/* Returns the --max-per-source record of key, creating it; NULL if OOM. */
+static struct source *
+source_get(struct cli *c, const unsigned char key[17])
+{
+	unsigned int h = 2166136261u;
+	struct source *s;
+	size_t i;
+
+	for (i = 0; i < 17; i++)
+		h = (h ^ key[i]) * 16777619u;
+	h %= SOURCE_BUCKETS;
+	for (s = c->sources[h]; s != NULL; s = s->next)
+		if (memcmp(s->key, key, 17) == 0)
+			return s;
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		return NULL;
+	memcpy(s->key, key, 17);
+	s->next = c->sources[h];
+	c->sources[h] = s;
+	return s;
+}
+
+/* Drops one bridge from a source's count, freeing the record at zero. */
+static void
+source_put(struct cli *c, struct source *src)
+{
+	struct source **pp;
+	unsigned int h = 2166136261u;
+	size_t i;
+
+	if (--src->count > 0)
+		return;
+	for (i = 0; i < 17; i++)
+		h = (h ^ src->key[i]) * 16777619u;
+	for (pp = &c->sources[h % SOURCE_BUCKETS]; *pp != src;
+	    pp = &(*pp)->next)
+		;
+	*pp = src->next;
+	free(src);
+}
+
+/* Admits or refuses a client: access lists, then --max-per-source. */
+static enum tcpproxy_verdict
+cli_accept(void *user, const struct tcpproxy_bridge_info *info,
+    void **bridge_data)
+{
+	struct cli *c = user;
+	struct cli_bridge *cb;
+	struct source *src = NULL;
+	unsigned char key[17];
+
+	if (addr_key(info->client, key) == -1 || !acl_admits(c, key))
+		return TCPPROXY_CLOSE;
+	if (c->max_per_source > 0) {
+		if ((src = source_get(c, key)) == NULL)
+			return TCPPROXY_CLOSE;
+		if (src->count >= c->max_per_source) {
+			src->count++;
+			source_put(c, src);
+			return TCPPROXY_CLOSE;
+		}
+		src->count++;
+	}
+	if (src == NULL && c->hex == NULL && c->dump_dir == NULL)
+		return TCPPROXY_PASS;
+	if ((cb = calloc(1, sizeof(*cb))) == NULL) {
+		if (src != NULL)
+			source_put(c, src);
+		return TCPPROXY_CLOSE;
+	}
+	cb->source = src;
+	*bridge_data = cb;
+	return TCPPROXY_PASS;
+}
+
+/* Writes one chunk as offset / hex / text lines, like hexdump -C. */
+static void
+hexdump(FILE *f, const struct tcpproxy_bridge_info *info, int dir,
+    unsigned long long off, const unsigned char *data, size_t len)
+{
+	size_t i, j;
+
+	fprintf(f, "id=%lu %c offset=%llu length=%lu\n", info->id,
+	    dir == TCPPROXY_UPSTREAM ? '>' : '<', off, (unsigned long)len);
+	for (i = 0; i < len; i += 16) {
+		char line[80], *q = line;
+
+		q += sprintf(q, "%08llx ", off + i);
+		for (j = 0; j < 16; j++) {
+			if (j == 8)
+				*q++ = ' ';
+			if (i + j < len)
+				q += sprintf(q, " %02x", data[i + j]);
+			else
+				q += sprintf(q, "   ");
+		}
+		q += sprintf(q, "  |");
+		for (j = 0; j < 16 && i + j < len; j++)
+			*q++ = data[i + j] >= 0x20 && data[i + j] < 0x7f ?
+			    (char)data[i + j] : '.';
+		q += sprintf(q, "|\n");
+		fputs(line, f);
+	}
+	fflush(f);
+}
+
+/* Opens the --dump-dir file of one direction of a bridge; NULL on error. */
+static FILE *
+dump_open(const struct cli *c, const struct tcpproxy_bridge_info *info,
+    int dir)
+{
+	char path[PATH_MAX], name[ADDR_NAME_MAX], *q = name;
+	const char *s, *colon = strrchr(info->client_name, ':');
+
+	/* "[::1]:40000" becomes "::1_40000": no brackets in file names. */
+	for (s = info->client_name; *s != '\0'; s++)
+		if (s == colon)
+			*q++ = '_';
+		else if (*s != '[' && *s != ']')
+			*q++ = *s;
+	*q = '\0';
+	if (snprintf(path, sizeof(path), "%s/%lu_%s.%s", c->dump_dir,
+	    info->id, name, dir == TCPPROXY_UPSTREAM ? "up" : "down") >=
+	    (int)sizeof(path))
+		return NULL;
+	return fopen(path, "wb");
+}
+
+/* Records a chunk: --hexdump and --dump-dir.  Never changes the data. */
+static enum tcpproxy_verdict
+cli_data(void *user, void *bridge_data,
+    const struct tcpproxy_bridge_info *info, enum tcpproxy_dir dir,
+    char *data, size_t *len, size_t cap)
+{
+	struct cli *c = user;
+	struct cli_bridge *cb = bridge_data;
+
+	(void)cap;
+	if (cb == NULL)
+		return TCPPROXY_PASS;
+	if (c->hex != NULL)
+		hexdump(c->hex, info, dir, cb->off[dir],
+		    (const unsigned char *)data, *len);
+	if (c->dump_dir != NULL && !cb->dump_failed) {
+		if (cb->dump[dir] == NULL &&
+		    (cb->dump[dir] = dump_open(c, info, dir)) == NULL) {
+			fprintf(stderr, "tcpproxy: dump id=%lu: %s\n", info->id,
+			    strerror(errno));
+			cb->dump_failed = 1;
+		} else if (fwrite(data, 1, *len, cb->dump[dir]) != *len) {
+			fprintf(stderr, "tcpproxy: dump id=%lu: %s\n", info->id,
+			    strerror(errno));
+			cb->dump_failed = 1;
+		}
+	}
+	cb->off[dir] += *len;
+	return TCPPROXY_PASS;
+}
+
+/* Releases what the hooks kept for a bridge. */
+static void
+cli_close(void *user, void *bridge_data,
+    const struct tcpproxy_bridge_info *info)
+{
+	struct cli *c = user;
+	struct cli_bridge *cb = bridge_data;
+	int d;
+
+	(void)info;
+	if (cb == NULL)
+		return;
+	for (d = 0; d < 2; d++)
+		if (cb->dump[d] != NULL && fclose(cb->dump[d]) != 0)
+			fprintf(stderr, "tcpproxy: dump id=%lu: %s\n", info->id,
+			    strerror(errno));
+	if (cb->source != NULL)
+		source_put(c, cb->source);
+	free(cb);
+}
+
+/* ---- process setup ---- */
+
 static void
 on_signal(int sig)
 {
-	(void)sig;
+	got_signal = sig;
 	if (the_proxy != NULL)
 		tcpproxy_stop(the_proxy);
 }
@@ -1522,52 +2038,188 @@ raise_fd_limit(void)
 	}
 }
 
-/* Installs the signal handlers; returns 0 or -1. */
+/* Installs the handlers for SIGINT and SIGTERM; returns 0 or -1. */
 static int
-signals_init(void)
+signals_catch(void)
 {
 	struct sigaction sa;
 
 	memset(&sa, 0, sizeof(sa));
 	sigemptyset(&sa.sa_mask);
-	sa.sa_handler = SIG_IGN;
-	if (sigaction(SIGPIPE, &sa, NULL) == -1)
-		return -1;
-	sa.sa_handler = on_signal;
+	sa.sa_handler = on_signal;	/* no SA_RESTART: waitpid sees EINTR */
 	if (sigaction(SIGINT, &sa, NULL) == -1 ||
 	    sigaction(SIGTERM, &sa, NULL) == -1)
 		return -1;
 	return 0;
 }
 
-enum { OPT_GRACE = 256 };
+/* Blocks or unblocks SIGINT and SIGTERM. */
+static void
+signals_block(int how)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	(void)sigprocmask(how, &set, NULL);
+}
+
+/*
+ * Drops root for USER[:GROUP], after binding: groups first, then the gid,
+ * then the uid, and checks that root cannot be regained.  Exits 1 on any
+ * failure: better not to run than to run as root by mistake.
+ */
+static void
+drop_privileges(const char *spec)
+{
+	char user[256], *colon;
+	struct passwd *pw;
+	struct group *gr;
+	gid_t gid;
+
+	if (strlen(spec) >= sizeof(user))
+		die("cannot drop privileges: user name too long");
+	strcpy(user, spec);
+	if ((colon = strchr(user, ':')) != NULL)
+		*colon++ = '\0';
+	errno = 0;
+	if ((pw = getpwnam(user)) == NULL)
+		die("cannot drop privileges: unknown user '%s'", user);
+	gid = pw->pw_gid;
+	if (colon != NULL) {
+		if ((gr = getgrnam(colon)) == NULL)
+			die("cannot drop privileges: unknown group '%s'",
+			    colon);
+		gid = gr->gr_gid;
+	}
+	if (setgroups(1, &gid) == -1 || setgid(gid) == -1 ||
+	    setuid(pw->pw_uid) == -1)
+		die("cannot drop privileges to '%s': %s", spec,
+		    strerror(errno));
+	if (pw->pw_uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))
+		die("cannot drop privileges to '%s': root regained", spec);
+}
+
+/*
+ * Runs n workers, each a process with its own poll loop on the shared
+ * listeners, and waits for them; SIGINT/SIGTERM are passed on.  Returns
+ * the exit status for main.
+ */
+static int
+run_workers(struct tcpproxy *p, int n)
+{
+	pid_t *pids;
+	int i, status, rc = 0, alive = 0, forwarded = 0;
+
+	if ((pids = calloc((size_t)n, sizeof(*pids))) == NULL)
+		die("out of memory");
+	/* A signal between fork and tcpproxy_after_fork would be lost. */
+	signals_block(SIG_BLOCK);
+	for (i = 0; i < n; i++) {
+		if ((pids[i] = fork()) == -1) {
+			fprintf(stderr, "tcpproxy: fork: %s\n",
+			    strerror(errno));
+			got_signal = SIGTERM;
+			rc = 1;
+			break;
+		}
+		if (pids[i] == 0) {
+			free(pids);
+			if (tcpproxy_after_fork(p, i + 1) == -1)
+				die("worker %d: %s", i + 1, strerror(errno));
+			signals_block(SIG_UNBLOCK);
+			rc = tcpproxy_run(p);
+			if (rc == -1)
+				fprintf(stderr, "tcpproxy: poll: %s\n",
+				    strerror(errno));
+			tcpproxy_free(p);
+			_exit(rc == -1 ? 1 : 0);
+		}
+		alive++;
+	}
+	/* The parent only supervises: it serves nothing. */
+	the_proxy = NULL;
+	tcpproxy_free(p);
+	signals_block(SIG_UNBLOCK);
+	while (alive > 0) {
+		pid_t pid;
+
+		if (got_signal && !forwarded) {
+			for (i = 0; i < n; i++)
+				if (pids[i] > 0)
+					(void)kill(pids[i], SIGTERM);
+			forwarded = 1;
+		}
+		if ((pid = waitpid(-1, &status, 0)) == -1) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		for (i = 0; i < n; i++)
+			if (pids[i] == pid)
+				pids[i] = 0;
+		alive--;
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+			fprintf(stderr, "tcpproxy: worker %ld ended with "
+			    "status %d\n", (long)pid, WIFEXITED(status) ?
+			    WEXITSTATUS(status) : 128 + WTERMSIG(status));
+			rc = 1;
+		}
+	}
+	free(pids);
+	return rc;
+}
+
+enum {
+	OPT_GRACE = 256, OPT_DUMP_FILE, OPT_DUMP_DIR, OPT_MAX_BYTES, OPT_RATE,
+	OPT_MAX_PER_SOURCE
+};
 
 int
 main(int argc, char *argv[])
 {
 	static const struct option longopts[] = {
+		{ "allow", required_argument, NULL, 'a' },
 		{ "buffer-size", required_argument, NULL, 'b' },
 		{ "max-clients", required_argument, NULL, 'c' },
-		{ "connect-timeout", required_argument, NULL, 't' },
-		{ "idle-timeout", required_argument, NULL, 'i' },
+		{ "deny", required_argument, NULL, 'd' },
 		{ "half-close", no_argument, NULL, 'H' },
-		{ "grace", required_argument, NULL, OPT_GRACE },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "idle-timeout", required_argument, NULL, 'i' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "connect-timeout", required_argument, NULL, 't' },
+		{ "user", required_argument, NULL, 'u' },
+		{ "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, 'V' },
+		{ "workers", required_argument, NULL, 'w' },
+		{ "hexdump", no_argument, NULL, 'x' },
+		{ "dump-dir", required_argument, NULL, OPT_DUMP_DIR },
+		{ "dump-file", required_argument, NULL, OPT_DUMP_FILE },
+		{ "grace", required_argument, NULL, OPT_GRACE },
+		{ "max-bytes", required_argument, NULL, OPT_MAX_BYTES },
+		{ "max-per-source", required_argument, NULL,
+		    OPT_MAX_PER_SOURCE },
+		{ "rate", required_argument, NULL, OPT_RATE },
 		{ NULL, 0, NULL, 0 }
 	};
+	static struct cli cli;
+	struct tcpproxy_hooks hooks;
 	struct tcpproxy_config cfg;
 	struct tcpproxy *p;
+	struct sigaction ign;
+	const char *user = NULL, *dump_file = NULL;
 	char err[256];
-	int c, rc;
+	int c, rc, hex = 0, workers = 1;
 
 	tcpproxy_config_init(&cfg);
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":b:c:t:i:HqvhV", longopts,
-	    NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":a:b:c:d:Hhi:qt:u:vVw:x",
+	    longopts, NULL)) != -1) {
 		switch (c) {
+		case 'a':
+			cidr_add(&cli.allow, &cli.nallow, optarg, "allow");
+			break;
 		case 'b':
 			cfg.buffer_size = (size_t)parse_size(optarg,
 			    "buffer size", 1024ULL * 1024 * 1024);
@@ -1576,37 +2228,67 @@ main(int argc, char *argv[])
 			cfg.max_clients = (unsigned long)parse_size(optarg,
 			    "max-clients", 1000000000ULL);
 			break;
-		case 't':
-			cfg.connect_timeout = parse_secs(optarg,
-			    "connect timeout");
-			break;
-		case 'i':
-			cfg.idle_timeout = parse_secs(optarg, "idle timeout");
-			break;
-		case OPT_GRACE:
-			cfg.grace = parse_secs(optarg, "grace");
+		case 'd':
+			cidr_add(&cli.deny, &cli.ndeny, optarg, "deny");
 			break;
 		case 'H':
 			cfg.half_close = 1;
 			break;
+		case 'h':
+			help();
+			return 0;
+		case 'i':
+			cfg.idle_timeout = parse_secs(optarg, "idle timeout");
+			break;
 		case 'q':
 			cfg.verbosity = TCPPROXY_LOG_ERROR;
+			break;
+		case 't':
+			cfg.connect_timeout = parse_secs(optarg,
+			    "connect timeout");
+			break;
+		case 'u':
+			user = optarg;
 			break;
 		case 'v':
 			cfg.verbosity = TCPPROXY_LOG_DEBUG;
 			break;
-		case 'h':
-			help();
-			return 0;
 		case 'V':
 			printf("tcpproxy %s\n", TCPPROXY_VERSION);
 			return 0;
+		case 'w':
+			workers = (int)parse_size(optarg, "workers", 1024);
+			break;
+		case 'x':
+			hex = 1;
+			break;
+		case OPT_DUMP_DIR:
+			cli.dump_dir = optarg;
+			break;
+		case OPT_DUMP_FILE:
+			dump_file = optarg;
+			hex = 1;
+			break;
+		case OPT_GRACE:
+			cfg.grace = parse_secs(optarg, "grace");
+			break;
+		case OPT_MAX_BYTES:
+			cfg.max_bytes = parse_size(optarg, "max-bytes",
+			    ULLONG_MAX / 2);
+			break;
+		case OPT_MAX_PER_SOURCE:
+			cli.max_per_source = (unsigned long)parse_size(optarg,
+			    "max-per-source", 1000000000ULL);
+			break;
+		case OPT_RATE:
+			cfg.rate = parse_size(optarg, "rate", ULLONG_MAX / 2);
+			break;
 		case ':':
 			usage_error("option '%s' needs a value",
 			    argv[optind - 1]);
 			break;
 		default:
-			if (optopt != 0 && optopt < 256)
+			if (optopt > 0 && optopt < 256)
 				usage_error("unknown option '-%c'", optopt);
 			usage_error("unknown option '%s'", argv[optind - 1]);
 			break;
@@ -1626,17 +2308,57 @@ main(int argc, char *argv[])
 	if (strcmp(cfg.remote_port, "0") == 0)
 		usage_error("invalid remote port '0': cannot connect to it");
 
+	if (dump_file != NULL && (cli.hex = fopen(dump_file, "w")) == NULL)
+		die("cannot open dump file '%s': %s", dump_file,
+		    strerror(errno));
+	if (hex && cli.hex == NULL) {
+		int fd = dup(STDERR_FILENO);
+
+		/* A stream of its own, fully buffered, flushed per chunk. */
+		if (fd == -1 || (cli.hex = fdopen(fd, "w")) == NULL)
+			die("cannot dump to stderr: %s", strerror(errno));
+	}
+	if (cli.dump_dir != NULL) {
+		struct stat st;
+
+		if (mkdir(cli.dump_dir, 0777) == -1 && errno != EEXIST)
+			die("cannot create dump directory '%s': %s",
+			    cli.dump_dir, strerror(errno));
+		if (stat(cli.dump_dir, &st) == -1 || !S_ISDIR(st.st_mode) ||
+		    access(cli.dump_dir, W_OK | X_OK) == -1)
+			die("cannot write to dump directory '%s': %s",
+			    cli.dump_dir, S_ISDIR(st.st_mode) ?
+			    strerror(errno) : "not a directory");
+	}
+	memset(&hooks, 0, sizeof(hooks));
+	hooks.user = &cli;
+	if (cli.nallow || cli.ndeny || cli.max_per_source || cli.hex ||
+	    cli.dump_dir) {
+		hooks.on_accept = cli_accept;
+		hooks.on_close = cli_close;
+		cfg.hooks = &hooks;
+	}
+	/* Only a dump needs to see the data: the relay pays nothing else. */
+	if (cli.hex != NULL || cli.dump_dir != NULL)
+		hooks.on_data = cli_data;
+
+	memset(&ign, 0, sizeof(ign));
+	sigemptyset(&ign.sa_mask);
+	ign.sa_handler = SIG_IGN;
+	(void)sigaction(SIGPIPE, &ign, NULL);
 	raise_fd_limit();
-	if ((p = tcpproxy_create(&cfg, err, sizeof(err))) == NULL) {
-		fprintf(stderr, "tcpproxy: %s\n", err);
-		return 1;
-	}
+	if ((p = tcpproxy_create(&cfg, err, sizeof(err))) == NULL)
+		die("%s", err);
+	if (user != NULL)
+		drop_privileges(user);
+	else if (geteuid() == 0)
+		fprintf(stderr, "tcpproxy: warning: running as root; "
+		    "consider --user\n");
 	the_proxy = p;
-	if (signals_init() == -1) {
-		fprintf(stderr, "tcpproxy: sigaction: %s\n", strerror(errno));
-		tcpproxy_free(p);
-		return 1;
-	}
+	if (signals_catch() == -1)
+		die("sigaction: %s", strerror(errno));
+	if (workers > 1)
+		return run_workers(p, workers);
 	rc = tcpproxy_run(p);
 	if (rc == -1)
 		fprintf(stderr, "tcpproxy: poll: %s\n", strerror(errno));

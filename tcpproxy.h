@@ -63,7 +63,8 @@ enum tcpproxy_reason {
 	TCPPROXY_REASON_IDLE_TIMEOUT,	/* "idle-timeout" */
 	TCPPROXY_REASON_HOOK,		/* "hook-closed": on_data said CLOSE */
 	TCPPROXY_REASON_SHUTDOWN,	/* "shutdown": grace period ran out */
-	TCPPROXY_REASON_NO_MEMORY	/* "no-memory" */
+	TCPPROXY_REASON_NO_MEMORY,	/* "no-memory" */
+	TCPPROXY_REASON_MAX_BYTES	/* "max-bytes": upstream limit reached */
 };
 
 /*
@@ -145,6 +146,12 @@ struct tcpproxy_config {
 	double grace;			/* seconds bridges may finish after stop */
 	size_t buffer_size;		/* bytes per direction per bridge */
 	int half_close;			/* pass an EOF on as shutdown(SHUT_WR) */
+	/* Upstream bytes a bridge may carry; once that many are read from
+	 * the client, the bridge ends like on EOF.  0: no limit. */
+	unsigned long long max_bytes;
+	/* Bytes per second each direction of a bridge may read (a token
+	 * bucket of 1/20 s; reads wait, nothing is dropped).  0: no limit. */
+	unsigned long long rate;
 	int verbosity;			/* highest tcpproxy_log_level logged */
 	/* Where log lines go; NULL writes "tcpproxy: LINE\n" to stderr. */
 	void (*log)(void *log_user, int level, const char *line);
@@ -184,6 +191,15 @@ int tcpproxy_step(struct tcpproxy *p, int timeout_ms);
  * at once.  Safe to call from a signal handler or another thread.
  */
 void tcpproxy_stop(struct tcpproxy *p);
+
+/*
+ * Prepares a proxy inherited across fork() to run in the child: gives it
+ * a stop pipe of its own, and (worker > 0) tags its bridge log lines
+ * "worker=N".  Several processes may then run copies of one proxy on the
+ * shared listeners.  Call it in the child before tcpproxy_run().  Returns
+ * 0, or -1 with errno set.
+ */
+int tcpproxy_after_fork(struct tcpproxy *p, int worker);
 
 /* Returns the port the proxy listens on (useful after port "0"). */
 int tcpproxy_bound_port(const struct tcpproxy *p);

@@ -1,0 +1,218 @@
+#!/usr/bin/env bats
+# The command line: usage errors, help, version, start-up failures, the
+# ready line, signals.
+
+load helper
+
+# A wrongly accepted command line would start a proxy that never exits.
+LIMIT=
+if command -v timeout >/dev/null 2>&1; then
+	LIMIT="timeout 20"
+fi
+
+# bad_usage WORD ARGS...: tcpproxy ARGS exits 2, its first line is a
+# "tcpproxy: " message containing WORD, and a usage line follows.
+bad_usage() {
+	local word=$1
+	shift
+	run $LIMIT "$TCPPROXY" "$@"
+	echo "$output"
+	[ "$status" -eq 2 ]
+	[[ ${lines[0]} == "tcpproxy: "* ]]
+	[[ ${lines[0]} == *"$word"* ]]
+	printf '%s\n' "${lines[@]}" | grep -q '^usage: tcpproxy'
+}
+
+@test "no arguments is a usage error" {
+	bad_usage missing
+}
+
+@test "three arguments is a usage error" {
+	bad_usage missing 127.0.0.1 0 127.0.0.1
+}
+
+@test "a fifth argument is a usage error naming it" {
+	bad_usage "'x'" 127.0.0.1 0 127.0.0.1 80 x
+}
+
+@test "an unknown long option is a usage error naming it" {
+	bad_usage "'--frob'" --frob 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "an unknown short option is a usage error naming it" {
+	bad_usage "-Z" -Z 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "a local port that is not a number is a usage error naming it" {
+	bad_usage "'abc'" 127.0.0.1 abc 127.0.0.1 80
+}
+
+@test "a negative local port is a usage error naming it" {
+	bad_usage "'-1'" 127.0.0.1 -1 127.0.0.1 80
+}
+
+@test "port 65536 is a usage error naming it" {
+	bad_usage "'65536'" 127.0.0.1 0 127.0.0.1 65536
+}
+
+@test "a port with trailing junk is a usage error naming it" {
+	bad_usage "'1x'" 127.0.0.1 1x 127.0.0.1 80
+}
+
+@test "a remote port that is not a number is a usage error naming it" {
+	bad_usage "'abc'" 127.0.0.1 0 127.0.0.1 abc
+}
+
+@test "a negative -c is a usage error naming it" {
+	bad_usage "'-3'" -c -3 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "a non-numeric -c is a usage error naming it" {
+	bad_usage "'abc'" -c abc 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "-c 0 is a usage error naming it" {
+	bad_usage "'0'" -c 0 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "a negative -t is a usage error naming it" {
+	bad_usage "'-1'" -t -1 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "a non-numeric -t is a usage error naming it" {
+	bad_usage "'x'" -t x 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "-i nan is a usage error naming it" {
+	bad_usage "'nan'" -i nan 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "a negative -i is a usage error naming it" {
+	bad_usage "'-2'" -i -2 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "-h prints the usage on stdout and exits 0" {
+	run $LIMIT "$TCPPROXY" -h
+	[ "$status" -eq 0 ]
+	$LIMIT "$TCPPROXY" -h 2>/dev/null | grep -q '^usage: tcpproxy'
+	$LIMIT "$TCPPROXY" --help 2>/dev/null | grep -q '^usage: tcpproxy'
+}
+
+@test "-V prints the version and exits 0" {
+	local version
+	version=$(sed -n 's/^#define TCPPROXY_VERSION "\(.*\)"$/\1/p' "$TOP/tcpproxy.h")
+	[ -n "$version" ]
+	run $LIMIT "$TCPPROXY" -V
+	[ "$status" -eq 0 ]
+	[[ $output == *"$version"* ]]
+	run $LIMIT "$TCPPROXY" --version
+	[ "$status" -eq 0 ]
+	[[ $output == *"$version"* ]]
+}
+
+@test "port 0 picks a free port, announced in the ready line" {
+	start_backend echo
+	proxy_to_backend
+	[ "$PROXY_PORT" -gt 0 ]
+	[ "$PROXY_PORT" -ne "$BACKEND_PORT" ]
+	has_line "$PROXY_LOG" "^tcpproxy: listening on 127\\.0\\.0\\.1:$PROXY_PORT\$"
+	[ "$(grep -c 'listening on' "$PROXY_LOG")" -eq 1 ]
+	run "$CLIENT" -n 1 -g 1k 127.0.0.1 "$PROXY_PORT"
+	[ "$output" = "ok 1" ]
+}
+
+@test "-q keeps the ready line but drops the per-bridge lines" {
+	start_backend echo
+	proxy_to_backend -q
+	run "$CLIENT" -n 3 -g 1k 127.0.0.1 "$PROXY_PORT"
+	[ "$output" = "ok 3" ]
+	# Once stopped, the proxy has logged all it will.
+	kill -TERM "$PROXY_PID"
+	wait_for 10 is_gone "$PROXY_PID"
+	has_line "$PROXY_LOG" '^tcpproxy: listening on '
+	! has_line "$PROXY_LOG" ' (open|close) id='
+}
+
+@test "a local address in use is a start-up failure with status 1" {
+	start_backend echo
+	run $LIMIT "$TCPPROXY" 127.0.0.1 "$BACKEND_PORT" 127.0.0.1 80
+	[ "$status" -eq 1 ]
+	[[ ${lines[0]} == "tcpproxy: "* ]]
+}
+
+@test "an unresolvable remote host is a start-up failure with status 1" {
+	run $LIMIT "$TCPPROXY" 127.0.0.1 0 nonexistent.invalid 80
+	[ "$status" -eq 1 ]
+	[[ ${lines[0]} == "tcpproxy: "* ]]
+	[[ $output == *nonexistent.invalid* ]]
+}
+
+@test "an unresolvable local host is a start-up failure with status 1" {
+	run $LIMIT "$TCPPROXY" nonexistent.invalid 0 127.0.0.1 80
+	[ "$status" -eq 1 ]
+	[[ ${lines[0]} == "tcpproxy: "* ]]
+}
+
+@test "SIGTERM stops an idle proxy with status 0" {
+	local rc=0
+	start_backend echo
+	proxy_to_backend
+	kill -TERM "$PROXY_PID"
+	wait_for 10 is_gone "$PROXY_PID"
+	wait "$PROXY_PID" || rc=$?
+	[ "$rc" -eq 0 ]
+}
+
+@test "SIGINT stops an idle proxy with status 0" {
+	local rc=0
+	start_backend echo
+	proxy_to_backend
+	kill -INT "$PROXY_PID"
+	wait_for 10 is_gone "$PROXY_PID"
+	wait "$PROXY_PID" || rc=$?
+	[ "$rc" -eq 0 ]
+}
+
+@test "after SIGTERM an open bridge may finish within the grace period, then status 0" {
+	local c1 rc=0
+	start_backend echo
+	proxy_to_backend --grace 60
+	mkfifo "$T/in1"
+	SPAWN_STDIN=$T/in1 spawn single c1 "$CLIENT" -w 127.0.0.1 "$PROXY_PORT"
+	c1=$SPAWNED
+	exec 4>"$T/in1"
+	echo before >&4
+	wait_for 10 grep -q before "$T/c1.out"
+	kill -TERM "$PROXY_PID"
+	# New clients are no longer accepted...
+	wait_for 10 eval '! "$CLIENT" -a 5 -x -g 0 127.0.0.1 "$PROXY_PORT" 2>/dev/null'
+	# ...but the open bridge still relays.
+	echo after >&4
+	wait_for 10 grep -q after "$T/c1.out"
+	kill -0 "$PROXY_PID"
+	exec 4>&-
+	# Well before the 60 s grace: the proxy ends when the bridge does.
+	wait_for 20 is_gone "$PROXY_PID"
+	wait "$PROXY_PID" || rc=$?
+	[ "$rc" -eq 0 ]
+	[ "$(cat "$T/c1.out")" = "before
+after" ]
+}
+
+@test "a bridge still open when the grace period ends is closed with reason shutdown" {
+	local c1 rc=0
+	start_backend echo
+	proxy_to_backend --grace 0.5
+	mkfifo "$T/in1"
+	SPAWN_STDIN=$T/in1 spawn single c1 "$CLIENT" -w 127.0.0.1 "$PROXY_PORT"
+	c1=$SPAWNED
+	exec 4>"$T/in1"
+	echo hello >&4
+	wait_for 10 grep -q hello "$T/c1.out"
+	kill -TERM "$PROXY_PID"
+	wait_for 20 is_gone "$PROXY_PID"
+	wait "$PROXY_PID" || rc=$?
+	[ "$rc" -eq 0 ]
+	has_line "$PROXY_LOG" ' close id=1 .*reason=shutdown'
+	wait_for 10 is_gone "$c1"
+}

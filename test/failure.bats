@@ -1,0 +1,106 @@
+#!/usr/bin/env bats
+# Bridges that cannot start or must end early: refused and hanging
+# connects, the client limit, idle bridges.
+
+load helper
+
+@test "a refused connect closes the client, is logged, and the proxy keeps serving" {
+	local port
+	port=$(free_port)
+	[ -n "$port" ]
+	start_proxy 127.0.0.1 0 127.0.0.1 "$port"
+	run "$CLIENT" -a 20 -r -g 0 127.0.0.1 "$PROXY_PORT"
+	[ "$status" -ne 124 ]
+	[[ $output == *"recv 0 "* ]]
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: close id=1 .*reason=connect-refused'
+	# Now something listens there: the same proxy serves the next client.
+	start_backend -p "$port" echo
+	run "$CLIENT" -a 20 -n 2 -g 10k 127.0.0.1 "$PROXY_PORT"
+	[ "$status" -eq 0 ]
+	[ "$output" = "ok 2" ]
+}
+
+@test "a connect that hangs ends with connect-timeout after -t and closes the client" {
+	start_backend blackhole
+	proxy_to_backend -t 0.5
+	run "$CLIENT" -a 30 -r -g 0 127.0.0.1 "$PROXY_PORT"
+	[ "$status" -ne 124 ]
+	[[ $output == *"recv 0 "* ]]
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: close id=1 .*reason=connect-timeout'
+	kill -0 "$PROXY_PID"
+}
+
+@test "with -c 1 a second client waits until the first one leaves" {
+	local c1 c2 rc=0
+	start_backend echo
+	proxy_to_backend -c 1
+	mkfifo "$T/in1"
+	SPAWN_STDIN=$T/in1 spawn single c1 "$CLIENT" -w 127.0.0.1 "$PROXY_PORT"
+	c1=$SPAWNED
+	exec 4>"$T/in1"
+	echo first >&4
+	wait_for 10 grep -q first "$T/c1.out"
+	printf 'second\n' >"$T/in2"
+	SPAWN_STDIN=$T/in2 spawn single c2 "$CLIENT" -k 7 127.0.0.1 "$PROXY_PORT"
+	c2=$SPAWNED
+	wait_for 10 has_line "$PROXY_LOG" 'max-clients'
+	# A bounded look for something that must not happen: no bytes for c2.
+	sleep 1
+	[ ! -s "$T/c2.out" ]
+	kill -0 "$c2"
+	[ "$(grep -c ' open id=' "$PROXY_LOG")" -eq 1 ]
+	# The first client leaves; the second is served.
+	exec 4>&-
+	wait_for 10 is_gone "$c1"
+	wait_for 10 is_gone "$c2"
+	wait "$c2" || rc=$?
+	[ "$rc" -eq 0 ]
+	[ "$(cat "$T/c2.out")" = second ]
+	[ "$(grep -c 'max-clients' "$PROXY_LOG")" -eq 1 ]
+}
+
+@test "--max-clients is the long name of -c" {
+	local c1
+	start_backend echo
+	proxy_to_backend --max-clients 1
+	mkfifo "$T/in1"
+	SPAWN_STDIN=$T/in1 spawn single c1 "$CLIENT" -w 127.0.0.1 "$PROXY_PORT"
+	c1=$SPAWNED
+	exec 4>"$T/in1"
+	echo first >&4
+	wait_for 10 grep -q first "$T/c1.out"
+	spawn single c2 "$CLIENT" -g 0 127.0.0.1 "$PROXY_PORT"
+	wait_for 10 has_line "$PROXY_LOG" 'max-clients'
+}
+
+@test "an idle bridge is closed after -i with reason idle-timeout" {
+	start_backend echo
+	proxy_to_backend -i 0.5
+	printf 'hi\n' >"$T/in"
+	run "$CLIENT" -a 30 127.0.0.1 "$PROXY_PORT" <"$T/in"
+	[ "$status" -eq 0 ]
+	[ "$output" = hi ]
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: close id=1 .* up=3 down=3 .*reason=idle-timeout'
+}
+
+@test "a bridge with steady traffic is not closed by the idle timeout" {
+	local c1 i
+	start_backend echo
+	proxy_to_backend --idle-timeout 1
+	mkfifo "$T/in1"
+	SPAWN_STDIN=$T/in1 spawn single c1 "$CLIENT" -w 127.0.0.1 "$PROXY_PORT"
+	c1=$SPAWNED
+	exec 4>"$T/in1"
+	# Pacing, not waiting: a line every 0.2 s for over 2 s.
+	for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+		echo "line $i at $(now_ms) ms"
+		echo "line$i" >&4
+		wait_for 10 grep -q "^line$i\$" "$T/c1.out"
+		sleep 0.2
+	done
+	exec 4>&-
+	wait_for 10 is_gone "$c1"
+	[ "$(wc -l <"$T/c1.out")" -eq 12 ]
+	wait_for 10 has_line "$PROXY_LOG" ' close id=1 .*reason=client-closed'
+	! has_line "$PROXY_LOG" 'idle-timeout'
+}

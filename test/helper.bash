@@ -1,0 +1,201 @@
+# helper.bash - shared setup for tcpproxy's bats suite.
+#
+# Every server starts on port 0 and its port is read from its ready line
+# ("listening on ADDR:PORT") with a bounded polling loop.  Every process
+# a test starts is recorded and killed in teardown.  Per-test files live
+# in BATS_TEST_TMPDIR.
+
+TOP=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
+TCPPROXY=$TOP/tcpproxy
+BACKEND=$TOP/test/backend
+CLIENT=$TOP/test/client
+LIBTEST=$TOP/test/libtest
+
+setup() {
+	local bin
+	for bin in "$TCPPROXY" "$BACKEND" "$CLIENT"; do
+		[ -x "$bin" ] || {
+			echo "missing $bin: run 'make test'" >&2
+			return 1
+		}
+	done
+	T=$BATS_TEST_TMPDIR
+	PIDS=$T/pids
+	: >"$PIDS"
+}
+
+teardown() {
+	local pid kind n f
+	exec 4>&-
+	# On failure, show what the processes said.
+	if [ -z "${BATS_TEST_COMPLETED:-}" ] && [ -n "${T:-}" ]; then
+		for f in "$T"/*.err; do
+			[ -s "$f" ] || continue
+			echo "--- ${f##*/} (last 20 lines)"
+			tail -n 20 "$f"
+		done
+	fi
+	[ -f "${PIDS:-}" ] || return 0
+	# Backends lead a process group of their own (children included).
+	while read -r kind pid; do
+		if [ "$kind" = group ]; then
+			kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" \
+			    2>/dev/null || true
+		else
+			kill -TERM "$pid" 2>/dev/null || true
+		fi
+	done <"$PIDS"
+	# Give them 5 s to go, then force it; wait reaps our own children.
+	n=0
+	while read -r kind pid; do
+		while kill -0 "$pid" 2>/dev/null && [ "$n" -lt 100 ]; do
+			sleep 0.05
+			n=$((n + 1))
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			kill -KILL "$pid" 2>/dev/null || true
+		fi
+		if [ "$kind" = group ]; then
+			kill -KILL -- "-$pid" 2>/dev/null || true
+		fi
+		wait "$pid" 2>/dev/null || true
+	done <"$PIDS"
+}
+
+# now_ms: prints the wall clock in milliseconds.
+now_ms() {
+	local t=${EPOCHREALTIME/[.,]/}
+	echo $((t / 1000))
+}
+
+# wait_for SECS CMD...: runs CMD every 0.05 s until it succeeds; fails
+# (status 1) if SECS pass first.
+wait_for() {
+	local deadline
+	deadline=$(($(now_ms) + $(awk "BEGIN { print int($1 * 1000) }")))
+	shift
+	until "$@"; do
+		if [ "$(now_ms)" -ge "$deadline" ]; then
+			echo "wait_for: gave up on: $*" >&2
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# spawn KIND NAME CMD...: runs CMD in the background with stdout in
+# $T/NAME.out and stderr in $T/NAME.err; sets SPAWNED to its pid.  KIND
+# "group" marks a process that leads its own process group.  Its stdin
+# is $SPAWN_STDIN, /dev/null by default.
+spawn() {
+	local kind=$1 name=$2
+	shift 2
+	"$@" >"$T/$name.out" 2>"$T/$name.err" <"${SPAWN_STDIN:-/dev/null}" \
+	    3>&- 4>&- &
+	SPAWNED=$!
+	echo "$kind $SPAWNED" >>"$PIDS"
+}
+
+# ready_port FILE: waits up to 10 s for a "listening on" line in FILE and
+# prints the port of the first one.
+ready_port() {
+	local file=$1
+	wait_for 10 grep -q 'listening on ' "$file" || {
+		echo "no ready line in $file:" >&2
+		cat "$file" >&2
+		return 1
+	}
+	sed -n 's/.*listening on .*:\([0-9][0-9]*\)$/\1/p' "$file" | head -n 1
+}
+
+# start_backend [-l HOST] MODE [N]: starts test/backend; sets BACKEND_PID,
+# BACKEND_PORT, BACKEND_OUT (its report lines) and BACKEND_NAME.
+BACKENDS=0
+start_backend() {
+	BACKENDS=$((BACKENDS + 1))
+	BACKEND_NAME=backend$BACKENDS
+	spawn group "$BACKEND_NAME" "$BACKEND" "$@"
+	BACKEND_PID=$SPAWNED
+	BACKEND_OUT=$T/$BACKEND_NAME.out
+	BACKEND_PORT=$(ready_port "$T/$BACKEND_NAME.err")
+	[ -n "$BACKEND_PORT" ]
+}
+
+# start_proxy ARGS...: starts ./tcpproxy ARGS; sets PROXY_PID, PROXY_PORT
+# and PROXY_LOG (its stderr).
+PROXIES=0
+start_proxy() {
+	PROXIES=$((PROXIES + 1))
+	spawn single "proxy$PROXIES" "$TCPPROXY" "$@"
+	PROXY_PID=$SPAWNED
+	PROXY_LOG=$T/proxy$PROXIES.err
+	PROXY_PORT=$(ready_port "$PROXY_LOG")
+	[ -n "$PROXY_PORT" ]
+}
+
+# proxy_to_backend [PROXY OPTIONS...]: starts a proxy on 127.0.0.1 port
+# 0 in front of the last backend.
+proxy_to_backend() {
+	start_proxy "$@" 127.0.0.1 0 127.0.0.1 "$BACKEND_PORT"
+}
+
+# free_port: prints a port nothing listens on (bound, then released).
+free_port() {
+	"$BACKEND" freeport 2>&1 | sed -n 's/.*:\([0-9][0-9]*\)$/\1/p'
+}
+
+# has_line FILE REGEX: FILE has a line matching the extended REGEX.
+has_line() {
+	grep -Eq -- "$2" "$1"
+}
+
+# lines_in FILE: prints the number of lines in FILE (0 if missing).
+lines_in() {
+	if [ -f "$1" ]; then
+		wc -l <"$1" | tr -d ' '
+	else
+		echo 0
+	fi
+}
+
+# is_gone PID: PID has exited (or is a zombie).
+is_gone() {
+	! kill -0 "$1" 2>/dev/null ||
+	    [ "$(sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null)" = Z ]
+}
+
+# fd_count PID: prints how many descriptors PID has open.
+fd_count() {
+	ls "/proc/$1/fd" | wc -l | tr -d ' '
+}
+
+# cpu_ticks PID: prints utime + stime of PID in clock ticks.
+cpu_ticks() {
+	local rest
+	rest=$(sed 's/.*) //' "/proc/$1/stat")
+	set -- $rest
+	# Fields 14 and 15 of stat; $rest starts at field 3.
+	echo $((${12} + ${13}))
+}
+
+# rss_kb PID: prints the resident set size of PID in KiB.
+rss_kb() {
+	awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+# need_proc: skips the test where /proc/PID is not Linux-like.
+need_proc() {
+	[ -r "/proc/$$/stat" ] && [ -d "/proc/$$/fd" ] &&
+	    [ -r "/proc/$$/status" ] || skip "needs Linux /proc"
+}
+
+# need_ipv6: skips the test when ::1 cannot be bound.
+need_ipv6() {
+	"$BACKEND" -l ::1 freeport >/dev/null 2>&1 || skip "no ::1"
+}
+
+# field FILE WORD: prints the "N CKSUM" that follows WORD on the first
+# line of FILE that starts with WORD.
+field() {
+	sed -n "s/^$2 \\([0-9]* [0-9a-f]*\\)\$/\\1/p" "$1" | head -n 1
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env bats
+# Bytes through the proxy: sizes, directions, concurrency, how a bridge
+# ends, address families.
+
+load helper
+
+@test "a short line goes to the server and comes back unchanged" {
+	start_backend echo
+	proxy_to_backend
+	printf 'hello\n' >"$T/in"
+	"$CLIENT" -k 6 127.0.0.1 "$PROXY_PORT" <"$T/in" >"$T/out"
+	[ "$(cat "$T/out")" = hello ]
+}
+
+@test "small uploads and downloads keep their checksums" {
+	start_backend sink
+	proxy_to_backend
+	"$CLIENT" -r -g 1000 -w 127.0.0.1 "$PROXY_PORT" >"$T/up"
+	wait_for 10 has_line "$BACKEND_OUT" '^recv '
+	[ "$(field "$BACKEND_OUT" recv)" = "$(field "$T/up" sent)" ]
+	start_backend source 1000
+	proxy_to_backend
+	"$CLIENT" -r -g 0 127.0.0.1 "$PROXY_PORT" >"$T/down"
+	[ "$(field "$T/down" recv)" = "$(field "$BACKEND_OUT" sent)" ]
+	[ "$(field "$T/down" recv | cut -d' ' -f1)" = 1000 ]
+}
+
+@test "a 64 MiB upload reaches the server byte for byte" {
+	start_backend sink
+	proxy_to_backend
+	"$CLIENT" -r -g 64m -w 127.0.0.1 "$PROXY_PORT" >"$T/c"
+	[ "$(field "$T/c" sent | cut -d' ' -f1)" = 67108864 ]
+	wait_for 60 has_line "$BACKEND_OUT" '^recv '
+	[ "$(field "$BACKEND_OUT" recv)" = "$(field "$T/c" sent)" ]
+	wait_for 10 has_line "$PROXY_LOG" ' close .* up=67108864 down=0 '
+}
+
+@test "a 64 MiB download reaches the client byte for byte" {
+	start_backend source 64m
+	proxy_to_backend
+	"$CLIENT" -r -g 0 127.0.0.1 "$PROXY_PORT" >"$T/c"
+	[ "$(field "$T/c" recv | cut -d' ' -f1)" = 67108864 ]
+	[ "$(field "$T/c" recv)" = "$(field "$BACKEND_OUT" sent)" ]
+	wait_for 10 has_line "$PROXY_LOG" ' close .* down=67108864 '
+}
+
+@test "64 MiB echoed both ways at once come back byte for byte" {
+	start_backend echo
+	proxy_to_backend
+	run "$CLIENT" -n 1 -g 64m 127.0.0.1 "$PROXY_PORT"
+	[ "$status" -eq 0 ]
+	[ "$output" = "ok 1" ]
+}
+
+@test "200 concurrent clients each get their own bytes back" {
+	start_backend echo
+	proxy_to_backend
+	run "$CLIENT" -n 200 -g 64k -s 7 127.0.0.1 "$PROXY_PORT"
+	[ "$status" -eq 0 ]
+	[ "$output" = "ok 200" ]
+	wait_for 20 eval '[ "$(grep -c " close id=" "$PROXY_LOG")" -eq 200 ]'
+	[ "$(grep -c ' open id=' "$PROXY_LOG")" -eq 200 ]
+	[ "$(grep -c ' up=65536 down=65536 ' "$PROXY_LOG")" -eq 200 ]
+}
+
+@test "open and close lines name both ends, the byte counts and a reason" {
+	start_backend echo
+	proxy_to_backend
+	printf 'abc' >"$T/in"
+	"$CLIENT" -k 3 127.0.0.1 "$PROXY_PORT" <"$T/in" >"$T/out"
+	wait_for 10 has_line "$PROXY_LOG" ' close '
+	has_line "$PROXY_LOG" "^tcpproxy: open id=1 client=127\\.0\\.0\\.1:[0-9]+ server=127\\.0\\.0\\.1:$BACKEND_PORT\$"
+	has_line "$PROXY_LOG" "^tcpproxy: close id=1 client=127\\.0\\.0\\.1:[0-9]+ server=127\\.0\\.0\\.1:$BACKEND_PORT up=3 down=3 duration=[0-9.]+ reason=client-(closed|reset)"
+}
+
+@test "a client that writes and closes at once has every byte delivered" {
+	start_backend sink
+	proxy_to_backend
+	"$CLIENT" -r -x -g 4m 127.0.0.1 "$PROXY_PORT" >"$T/c"
+	wait_for 30 has_line "$BACKEND_OUT" '^recv '
+	[ "$(field "$BACKEND_OUT" recv)" = "$(field "$T/c" sent)" ]
+	[ "$(field "$BACKEND_OUT" recv | cut -d' ' -f1)" = 4194304 ]
+	wait_for 10 has_line "$PROXY_LOG" ' close .* up=4194304 .*reason=client-closed'
+}
+
+@test "a server that writes and closes at once has every byte delivered" {
+	start_backend burst 4m
+	proxy_to_backend
+	"$CLIENT" -r -g 0 127.0.0.1 "$PROXY_PORT" >"$T/c"
+	[ "$(field "$T/c" recv)" = "$(field "$BACKEND_OUT" sent)" ]
+	[ "$(field "$T/c" recv | cut -d' ' -f1)" = 4194304 ]
+	wait_for 10 has_line "$PROXY_LOG" ' close .* down=4194304 .*reason=server-closed'
+}
+
+@test "with --half-close a client that shuts its write side still gets the whole reply" {
+	start_backend reply 300k
+	proxy_to_backend --half-close
+	"$CLIENT" -r -g 1m -w 127.0.0.1 "$PROXY_PORT" >"$T/c"
+	wait_for 10 has_line "$BACKEND_OUT" '^sent '
+	[ "$(field "$BACKEND_OUT" recv)" = "$(field "$T/c" sent)" ]
+	[ "$(field "$T/c" recv)" = "$(field "$BACKEND_OUT" sent)" ]
+	[ "$(field "$T/c" recv | cut -d' ' -f1)" = 307200 ]
+}
+
+@test "-H works like --half-close" {
+	start_backend reply 10
+	proxy_to_backend -H
+	"$CLIENT" -r -g 10 -w 127.0.0.1 "$PROXY_PORT" >"$T/c"
+	[ "$(field "$T/c" recv | cut -d' ' -f1)" = 10 ]
+}
+
+# The documented default: an EOF from one side closes the bridge once the
+# bytes already read are delivered, so a reply sent after it is lost.
+@test "without --half-close a client's EOF closes the bridge after its bytes are delivered" {
+	start_backend reply 300k
+	proxy_to_backend
+	"$CLIENT" -r -g 1m -w 127.0.0.1 "$PROXY_PORT" >"$T/c"
+	wait_for 10 has_line "$BACKEND_OUT" '^recv '
+	[ "$(field "$BACKEND_OUT" recv)" = "$(field "$T/c" sent)" ]
+	[ "$(field "$T/c" recv | cut -d' ' -f1)" = 0 ]
+	wait_for 10 has_line "$PROXY_LOG" ' close .* up=1048576 down=0 .*reason=client-closed'
+}
+
+@test "IPv6 works on both sides" {
+	need_ipv6
+	start_backend -l ::1 echo
+	start_proxy ::1 0 ::1 "$BACKEND_PORT"
+	has_line "$PROXY_LOG" "^tcpproxy: listening on \\[::1\\]:$PROXY_PORT\$"
+	run "$CLIENT" -n 5 -g 100k ::1 "$PROXY_PORT"
+	[ "$status" -eq 0 ]
+	[ "$output" = "ok 5" ]
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: close id=5 client=\[::1\]:[0-9]+ server=\[::1\]:'
+}
+
+@test "a host name works as the remote host" {
+	start_backend echo
+	start_proxy 127.0.0.1 0 localhost "$BACKEND_PORT"
+	run "$CLIENT" -n 3 -g 10k 127.0.0.1 "$PROXY_PORT"
+	[ "$status" -eq 0 ]
+	[ "$output" = "ok 3" ]
+}
