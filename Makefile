@@ -14,7 +14,8 @@ LDFLAGS =
 LDLIBS =
 BATS = bats
 
-TESTBIN = test/backend test/client test/libtest
+TESTBIN = test/backend test/client test/libtest test/hooktest
+EXAMPLES = examples/subst examples/reqlog
 
 all: tcpproxy
 
@@ -31,7 +32,21 @@ test/libtest: test/libtest.c tcpproxy.c tcpproxy.h
 	$(CC) $(CPPFLAGS) -DTCPPROXY_NO_MAIN -I. $(CFLAGS) $(LDFLAGS) \
 	    -o test/libtest test/libtest.c tcpproxy.c $(LDLIBS)
 
-test: tcpproxy $(TESTBIN)
+test/hooktest: test/hooktest.c tcpproxy.c tcpproxy.h
+	$(CC) $(CPPFLAGS) -DTCPPROXY_NO_MAIN -I. $(CFLAGS) $(LDFLAGS) \
+	    -o test/hooktest test/hooktest.c tcpproxy.c $(LDLIBS)
+
+examples: $(EXAMPLES)
+
+examples/subst: examples/subst.c tcpproxy.c tcpproxy.h
+	$(CC) $(CPPFLAGS) -DTCPPROXY_NO_MAIN -I. $(CFLAGS) $(LDFLAGS) \
+	    -o examples/subst examples/subst.c tcpproxy.c $(LDLIBS)
+
+examples/reqlog: examples/reqlog.c tcpproxy.c tcpproxy.h
+	$(CC) $(CPPFLAGS) -DTCPPROXY_NO_MAIN -I. $(CFLAGS) $(LDFLAGS) \
+	    -o examples/reqlog examples/reqlog.c tcpproxy.c $(LDLIBS)
+
+test: tcpproxy $(TESTBIN) $(EXAMPLES)
 	@command -v $(BATS) >/dev/null 2>&1 || { \
 	    echo 'make test needs bats (Bash Automated Testing System):'; \
 	    echo '  Debian/Ubuntu: apt-get install bats'; \
@@ -59,6 +74,6 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/tcpproxy $(DESTDIR)$(MANPREFIX)/man1/tcpproxy.1
 
 clean:
-	rm -f tcpproxy $(TESTBIN) bench/loadgen
+	rm -f tcpproxy $(TESTBIN) $(EXAMPLES) bench/loadgen
 
-.PHONY: all test bench bench-quick install uninstall clean
+.PHONY: all examples test bench bench-quick install uninstall clean

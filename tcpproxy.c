@@ -494,8 +494,11 @@ timer_set(struct tcpproxy *p, struct bridge *b, int t)
 static void
 bridge_touch(struct tcpproxy *p, struct bridge *b)
 {
+	/* A connect's deadline stays put, whatever the client sends. */
+	if (b->timer != TIMER_IDLE)
+		return;
 	b->last = p->now;
-	if (b->timer == TIMER_IDLE && b != p->timers[TIMER_IDLE].tail)
+	if (b != p->timers[TIMER_IDLE].tail)
 		timer_set(p, b, TIMER_IDLE);
 }
 
