@@ -63,6 +63,31 @@ bench: tcpproxy bench/loadgen
 bench-quick: tcpproxy bench/loadgen
 	./bench/run --quick
 
+# A small static binary for minimal images.
+MUSLCC = musl-gcc
+static: tcpproxy.c tcpproxy.h
+	$(MUSLCC) $(CPPFLAGS) -std=c99 -Os -Wall -Wextra -pedantic -static -s \
+	    -ffunction-sections -fdata-sections -Wl,--gc-sections \
+	    -o tcpproxy-static tcpproxy.c
+	@ls -l tcpproxy-static
+
+# Fuzzing with libFuzzer (clang); each harness includes tcpproxy.c itself.
+FUZZCC = clang
+FUZZFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined
+FUZZTIME = 60
+fuzz/fuzz_args: fuzz/fuzz_args.c tcpproxy.c tcpproxy.h
+	$(FUZZCC) $(CPPFLAGS) -I. $(FUZZFLAGS) -o fuzz/fuzz_args fuzz/fuzz_args.c
+
+fuzz/fuzz_relay: fuzz/fuzz_relay.c tcpproxy.c tcpproxy.h
+	$(FUZZCC) $(CPPFLAGS) -I. $(FUZZFLAGS) -o fuzz/fuzz_relay \
+	    fuzz/fuzz_relay.c
+
+fuzz: fuzz/fuzz_args fuzz/fuzz_relay
+	./fuzz/run $(FUZZTIME)
+
+soak: tcpproxy test/backend test/client
+	./soak/run
+
 install: tcpproxy
 	mkdir -p $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANPREFIX)/man1
 	cp -f tcpproxy $(DESTDIR)$(PREFIX)/bin/tcpproxy
@@ -74,6 +99,8 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/tcpproxy $(DESTDIR)$(MANPREFIX)/man1/tcpproxy.1
 
 clean:
-	rm -f tcpproxy $(TESTBIN) $(EXAMPLES) bench/loadgen
+	rm -f tcpproxy tcpproxy-static $(TESTBIN) $(EXAMPLES) bench/loadgen \
+	    fuzz/fuzz_args fuzz/fuzz_relay
 
-.PHONY: all examples test bench bench-quick install uninstall clean
+.PHONY: all examples test bench bench-quick static fuzz soak install uninstall \
+	clean

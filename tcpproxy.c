@@ -1529,6 +1529,7 @@ int setgroups(int, const gid_t *);
 #endif
 
 #define SOURCE_BUCKETS 256
+#define ERRLEN 256
 
 static const char usage_line[] =
     "usage: tcpproxy [-Hhqvx] [-a cidr] [-b bytes] [-c max-clients] "
@@ -1570,6 +1571,18 @@ struct cli_bridge {
 	unsigned long long off[2];	/* stream offset per direction */
 	struct source *source;		/* counted in --max-per-source */
 };
+
+/* Everything the command line says. */
+struct options {
+	struct tcpproxy_config cfg;
+	struct cli cli;
+	const char *user;		/* -u */
+	const char *dump_file;		/* --dump-file */
+	int hex;			/* -x */
+	int workers;			/* -w */
+};
+
+enum { OPTIONS_RUN = 0, OPTIONS_HELP = 1, OPTIONS_VERSION = 2 };
 
 static struct tcpproxy *the_proxy;	/* for the signal handler only */
 static volatile sig_atomic_t got_signal;	/* for the worker parent */
@@ -1646,9 +1659,21 @@ help(void)
 
 /* ---- argument parsing ---- */
 
-/* Parses a port number 0..65535 (digits only); exits 2 if it is not. */
-static const char *
-parse_port(const char *s, const char *what)
+/* Formats a usage error into err (ERRLEN bytes); returns -1. */
+static int
+bad(char *err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, ERRLEN, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* Checks a port number 0..65535, digits only; returns 0 or -1. */
+static int
+parse_port(const char *s, const char *what, char *err)
 {
 	size_t i, n = strlen(s);
 
@@ -1656,40 +1681,44 @@ parse_port(const char *s, const char *what)
 		if (s[i] < '0' || s[i] > '9')
 			break;
 	if (n == 0 || i < n || n > 5 || strtol(s, NULL, 10) > 65535)
-		usage_error("invalid %s '%s': not a number in 0..65535", what,
-		    s);
-	return s;
+		return bad(err, "invalid %s '%s': not a number in 0..65535",
+		    what, s);
+	return 0;
 }
 
-/* Parses a duration in seconds, fractions allowed; exits 2 if bad. */
-static double
-parse_secs(const char *s, const char *opt)
+/* Parses seconds >= 0, fractions allowed, into *v; returns 0 or -1. */
+static int
+parse_secs(const char *s, const char *opt, double *v, char *err)
 {
-	char *end;
-	double v;
+	char *end = NULL;
 
 	errno = 0;
-	v = (*s == '.' || (*s >= '0' && *s <= '9')) ? strtod(s, &end) : -1;
-	if (v < 0 || end == s || *end != '\0' || errno != 0 || !(v >= 0) ||
-	    v > 1e9)
-		usage_error("invalid %s '%s': not a number of seconds >= 0",
+	*v = (*s == '.' || (*s >= '0' && *s <= '9')) ? strtod(s, &end) : -1;
+	if (*v < 0 || end == s || *end != '\0' || errno != 0 ||
+	    !(*v >= 0) || *v > 1e9)
+		return bad(err, "invalid %s '%s': not a number of seconds >= 0",
 		    opt, s);
-	return v;
+	return 0;
 }
 
-/* Parses a count 1..max: digits and an optional k/m/g suffix; exits 2. */
-static unsigned long long
-parse_size(const char *s, const char *opt, unsigned long long max)
+/*
+ * Parses a count 1..max, digits and an optional k/m/g suffix, into *v;
+ * returns 0 or -1.
+ */
+static int
+parse_size(const char *s, const char *opt, unsigned long long max,
+    unsigned long long *v, char *err)
 {
-	unsigned long long v = 0, mult = 1;
+	unsigned long long n = 0, mult = 1;
 	const char *q = s;
 
 	if (*q < '0' || *q > '9')
-		usage_error("invalid %s '%s': not a positive number", opt, s);
+		return bad(err, "invalid %s '%s': not a positive number", opt,
+		    s);
 	for (; *q >= '0' && *q <= '9'; q++) {
-		if (v > (max - (unsigned)(*q - '0')) / 10)
-			usage_error("invalid %s '%s': too large", opt, s);
-		v = v * 10 + (unsigned)(*q - '0');
+		if (n > (max - (unsigned)(*q - '0')) / 10)
+			return bad(err, "invalid %s '%s': too large", opt, s);
+		n = n * 10 + (unsigned)(*q - '0');
 	}
 	switch (*q) {
 	case 'k': case 'K': mult = 1024; q++; break;
@@ -1698,12 +1727,14 @@ parse_size(const char *s, const char *opt, unsigned long long max)
 	default: break;
 	}
 	if (*q != '\0')
-		usage_error("invalid %s '%s': not a positive number", opt, s);
-	if (v == 0)
-		usage_error("invalid %s '%s': must be at least 1", opt, s);
-	if (v > max / mult)
-		usage_error("invalid %s '%s': too large", opt, s);
-	return v * mult;
+		return bad(err, "invalid %s '%s': not a positive number", opt,
+		    s);
+	if (n == 0)
+		return bad(err, "invalid %s '%s': must be at least 1", opt, s);
+	if (n > max / mult)
+		return bad(err, "invalid %s '%s': too large", opt, s);
+	*v = n * mult;
+	return 0;
 }
 
 /*
@@ -1799,19 +1830,21 @@ cidr_match(const struct cidr *c, const unsigned char key[17])
 	    (0xff00 >> rest)) == 0;
 }
 
-/* Adds one -a or -d argument to a list; exits 2 if it is malformed. */
-static void
-cidr_add(struct cidr **list, size_t *n, const char *arg, const char *opt)
+/* Adds one -a or -d argument to a list; returns 0 or -1. */
+static int
+cidr_add(struct cidr **list, size_t *n, const char *arg, const char *opt,
+    char *err)
 {
 	struct cidr c, *grown;
 
 	if (cidr_parse(arg, &c) == -1)
-		usage_error("invalid %s '%s': not an address or CIDR block",
-		    opt, arg);
+		return bad(err, "invalid %s '%s': not an address or CIDR "
+		    "block", opt, arg);
 	if ((grown = realloc(*list, (*n + 1) * sizeof(**list))) == NULL)
-		die("out of memory");
+		return bad(err, "out of memory");
 	grown[(*n)++] = c;
 	*list = grown;
+	return 0;
 }
 
 /* Returns whether the allow and deny lists admit the address key. */
@@ -2179,8 +2212,14 @@ enum {
 	OPT_MAX_PER_SOURCE
 };
 
-int
-main(int argc, char *argv[])
+/*
+ * Parses the command line into *o, which it initializes.  Returns
+ * OPTIONS_RUN, OPTIONS_HELP or OPTIONS_VERSION, or -1 with a one-line
+ * message naming the bad word in err (ERRLEN bytes).  It neither prints
+ * nor exits, so a fuzzer can drive it; options_free() releases *o.
+ */
+static int
+options_parse(struct options *o, int argc, char *argv[], char *err)
 {
 	static const struct option longopts[] = {
 		{ "allow", required_argument, NULL, 'a' },
@@ -2206,143 +2245,203 @@ main(int argc, char *argv[])
 		{ "rate", required_argument, NULL, OPT_RATE },
 		{ NULL, 0, NULL, 0 }
 	};
-	static struct cli cli;
-	struct tcpproxy_hooks hooks;
-	struct tcpproxy_config cfg;
-	struct tcpproxy *p;
-	struct sigaction ign;
-	const char *user = NULL, *dump_file = NULL;
-	char err[256];
-	int c, rc, hex = 0, workers = 1;
+	struct tcpproxy_config *cfg = &o->cfg;
+	struct cli *cli = &o->cli;
+	unsigned long long n;
+	int c, rc = 0;
 
-	tcpproxy_config_init(&cfg);
+	memset(o, 0, sizeof(*o));
+	tcpproxy_config_init(cfg);
+	o->workers = 1;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":a:b:c:d:Hhi:qt:u:vVw:x",
-	    longopts, NULL)) != -1) {
+	while (rc == 0 && (c = getopt_long(argc, argv,
+	    ":a:b:c:d:Hhi:qt:u:vVw:x", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'a':
-			cidr_add(&cli.allow, &cli.nallow, optarg, "allow");
+			rc = cidr_add(&cli->allow, &cli->nallow, optarg,
+			    "allow", err);
 			break;
 		case 'b':
-			cfg.buffer_size = (size_t)parse_size(optarg,
-			    "buffer size", 1024ULL * 1024 * 1024);
+			rc = parse_size(optarg, "buffer size",
+			    1024ULL * 1024 * 1024, &n, err);
+			cfg->buffer_size = (size_t)n;
 			break;
 		case 'c':
-			cfg.max_clients = (unsigned long)parse_size(optarg,
-			    "max-clients", 1000000000ULL);
+			rc = parse_size(optarg, "max-clients", 1000000000ULL,
+			    &n, err);
+			cfg->max_clients = (unsigned long)n;
 			break;
 		case 'd':
-			cidr_add(&cli.deny, &cli.ndeny, optarg, "deny");
+			rc = cidr_add(&cli->deny, &cli->ndeny, optarg, "deny",
+			    err);
 			break;
 		case 'H':
-			cfg.half_close = 1;
+			cfg->half_close = 1;
 			break;
 		case 'h':
-			help();
-			return 0;
+			return OPTIONS_HELP;
 		case 'i':
-			cfg.idle_timeout = parse_secs(optarg, "idle timeout");
+			rc = parse_secs(optarg, "idle timeout",
+			    &cfg->idle_timeout, err);
 			break;
 		case 'q':
-			cfg.verbosity = TCPPROXY_LOG_ERROR;
+			cfg->verbosity = TCPPROXY_LOG_ERROR;
 			break;
 		case 't':
-			cfg.connect_timeout = parse_secs(optarg,
-			    "connect timeout");
+			rc = parse_secs(optarg, "connect timeout",
+			    &cfg->connect_timeout, err);
 			break;
 		case 'u':
-			user = optarg;
+			o->user = optarg;
 			break;
 		case 'v':
-			cfg.verbosity = TCPPROXY_LOG_DEBUG;
+			cfg->verbosity = TCPPROXY_LOG_DEBUG;
 			break;
 		case 'V':
-			printf("tcpproxy %s\n", TCPPROXY_VERSION);
-			return 0;
+			return OPTIONS_VERSION;
 		case 'w':
-			workers = (int)parse_size(optarg, "workers", 1024);
+			rc = parse_size(optarg, "workers", 1024, &n, err);
+			o->workers = (int)n;
 			break;
 		case 'x':
-			hex = 1;
+			o->hex = 1;
 			break;
 		case OPT_DUMP_DIR:
-			cli.dump_dir = optarg;
+			cli->dump_dir = optarg;
 			break;
 		case OPT_DUMP_FILE:
-			dump_file = optarg;
-			hex = 1;
+			o->dump_file = optarg;
+			o->hex = 1;
 			break;
 		case OPT_GRACE:
-			cfg.grace = parse_secs(optarg, "grace");
+			rc = parse_secs(optarg, "grace", &cfg->grace, err);
 			break;
 		case OPT_MAX_BYTES:
-			cfg.max_bytes = parse_size(optarg, "max-bytes",
-			    ULLONG_MAX / 2);
+			rc = parse_size(optarg, "max-bytes", ULLONG_MAX / 2,
+			    &cfg->max_bytes, err);
 			break;
 		case OPT_MAX_PER_SOURCE:
-			cli.max_per_source = (unsigned long)parse_size(optarg,
-			    "max-per-source", 1000000000ULL);
+			rc = parse_size(optarg, "max-per-source",
+			    1000000000ULL, &n, err);
+			cli->max_per_source = (unsigned long)n;
 			break;
 		case OPT_RATE:
-			cfg.rate = parse_size(optarg, "rate", ULLONG_MAX / 2);
+			rc = parse_size(optarg, "rate", ULLONG_MAX / 2,
+			    &cfg->rate, err);
 			break;
 		case ':':
-			usage_error("option '%s' needs a value",
+			rc = bad(err, "option '%s' needs a value",
 			    argv[optind - 1]);
 			break;
 		default:
 			if (optopt > 0 && optopt < 256)
-				usage_error("unknown option '-%c'", optopt);
-			usage_error("unknown option '%s'", argv[optind - 1]);
+				rc = bad(err, "unknown option '-%c'", optopt);
+			else
+				rc = bad(err, "unknown option '%s'",
+				    argv[optind - 1]);
 			break;
 		}
 	}
+	if (rc != 0)
+		return -1;
 	argc -= optind;
 	argv += optind;
 	if (argc < 4)
-		usage_error("missing arguments: need local_host local_port "
+		return bad(err, "missing arguments: need local_host local_port "
 		    "remote_host remote_port");
 	if (argc > 4)
-		usage_error("extra argument '%s'", argv[4]);
-	cfg.local_host = argv[0];
-	cfg.local_port = parse_port(argv[1], "local port");
-	cfg.remote_host = argv[2];
-	cfg.remote_port = parse_port(argv[3], "remote port");
-	if (strcmp(cfg.remote_port, "0") == 0)
-		usage_error("invalid remote port '0': cannot connect to it");
+		return bad(err, "extra argument '%s'", argv[4]);
+	cfg->local_host = argv[0];
+	cfg->local_port = argv[1];
+	cfg->remote_host = argv[2];
+	cfg->remote_port = argv[3];
+	if (parse_port(argv[1], "local port", err) == -1 ||
+	    parse_port(argv[3], "remote port", err) == -1)
+		return -1;
+	if (strtol(argv[3], NULL, 10) == 0)
+		return bad(err, "invalid remote port '%s': cannot connect to "
+		    "port 0", argv[3]);
+	return OPTIONS_RUN;
+}
 
-	if (dump_file != NULL && (cli.hex = fopen(dump_file, "w")) == NULL)
-		die("cannot open dump file '%s': %s", dump_file,
+/* Releases what options_parse() allocated. */
+static void
+options_free(struct options *o)
+{
+	free(o->cli.allow);
+	free(o->cli.deny);
+	o->cli.allow = o->cli.deny = NULL;
+}
+
+/* Opens the dump outputs the options ask for; exits 1 on failure. */
+static void
+dumps_open(struct options *o)
+{
+	struct cli *cli = &o->cli;
+	struct stat st;
+
+	if (o->dump_file != NULL &&
+	    (cli->hex = fopen(o->dump_file, "w")) == NULL)
+		die("cannot open dump file '%s': %s", o->dump_file,
 		    strerror(errno));
-	if (hex && cli.hex == NULL) {
+	if (o->hex && cli->hex == NULL) {
 		int fd = dup(STDERR_FILENO);
 
 		/* A stream of its own, fully buffered, flushed per chunk. */
-		if (fd == -1 || (cli.hex = fdopen(fd, "w")) == NULL)
+		if (fd == -1 || (cli->hex = fdopen(fd, "w")) == NULL)
 			die("cannot dump to stderr: %s", strerror(errno));
 	}
-	if (cli.dump_dir != NULL) {
-		struct stat st;
+	if (cli->dump_dir == NULL)
+		return;
+	if (mkdir(cli->dump_dir, 0777) == -1 && errno != EEXIST)
+		die("cannot create dump directory '%s': %s", cli->dump_dir,
+		    strerror(errno));
+	if (stat(cli->dump_dir, &st) == -1)
+		die("cannot use dump directory '%s': %s", cli->dump_dir,
+		    strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		die("cannot use dump directory '%s': not a directory",
+		    cli->dump_dir);
+	if (access(cli->dump_dir, W_OK | X_OK) == -1)
+		die("cannot write to dump directory '%s': %s", cli->dump_dir,
+		    strerror(errno));
+}
 
-		if (mkdir(cli.dump_dir, 0777) == -1 && errno != EEXIST)
-			die("cannot create dump directory '%s': %s",
-			    cli.dump_dir, strerror(errno));
-		if (stat(cli.dump_dir, &st) == -1 || !S_ISDIR(st.st_mode) ||
-		    access(cli.dump_dir, W_OK | X_OK) == -1)
-			die("cannot write to dump directory '%s': %s",
-			    cli.dump_dir, S_ISDIR(st.st_mode) ?
-			    strerror(errno) : "not a directory");
+#ifndef TCPPROXY_FUZZ
+int
+main(int argc, char *argv[])
+{
+	static struct options o;
+	struct tcpproxy_hooks hooks;
+	struct tcpproxy *p;
+	struct sigaction ign;
+	struct cli *cli = &o.cli;
+	char err[ERRLEN];
+	int rc;
+
+	switch (options_parse(&o, argc, argv, err)) {
+	case OPTIONS_HELP:
+		help();
+		return 0;
+	case OPTIONS_VERSION:
+		printf("tcpproxy %s\n", TCPPROXY_VERSION);
+		return 0;
+	case OPTIONS_RUN:
+		break;
+	default:
+		usage_error("%s", err);
 	}
+	dumps_open(&o);
 	memset(&hooks, 0, sizeof(hooks));
-	hooks.user = &cli;
-	if (cli.nallow || cli.ndeny || cli.max_per_source || cli.hex ||
-	    cli.dump_dir) {
+	hooks.user = cli;
+	if (cli->nallow || cli->ndeny || cli->max_per_source ||
+	    cli->hex != NULL || cli->dump_dir != NULL) {
 		hooks.on_accept = cli_accept;
 		hooks.on_close = cli_close;
-		cfg.hooks = &hooks;
+		o.cfg.hooks = &hooks;
 	}
 	/* Only a dump needs to see the data: the relay pays nothing else. */
-	if (cli.hex != NULL || cli.dump_dir != NULL)
+	if (cli->hex != NULL || cli->dump_dir != NULL)
 		hooks.on_data = cli_data;
 
 	memset(&ign, 0, sizeof(ign));
@@ -2350,24 +2449,26 @@ main(int argc, char *argv[])
 	ign.sa_handler = SIG_IGN;
 	(void)sigaction(SIGPIPE, &ign, NULL);
 	raise_fd_limit();
-	if ((p = tcpproxy_create(&cfg, err, sizeof(err))) == NULL)
+	if ((p = tcpproxy_create(&o.cfg, err, sizeof(err))) == NULL)
 		die("%s", err);
-	if (user != NULL)
-		drop_privileges(user);
+	if (o.user != NULL)
+		drop_privileges(o.user);
 	else if (geteuid() == 0)
 		fprintf(stderr, "tcpproxy: warning: running as root; "
 		    "consider --user\n");
 	the_proxy = p;
 	if (signals_catch() == -1)
 		die("sigaction: %s", strerror(errno));
-	if (workers > 1)
-		return run_workers(p, workers);
+	if (o.workers > 1)
+		return run_workers(p, o.workers);
 	rc = tcpproxy_run(p);
 	if (rc == -1)
 		fprintf(stderr, "tcpproxy: poll: %s\n", strerror(errno));
 	the_proxy = NULL;
 	tcpproxy_free(p);
+	options_free(&o);
 	return rc == -1 ? 1 : 0;
 }
+#endif /* TCPPROXY_FUZZ */
 
 #endif /* TCPPROXY_NO_MAIN */
