@@ -36,6 +36,15 @@
  * A side with no interest is polled as fd -1, so a hung-up socket we
  * cannot act on yet never makes poll() spin.
  *
+ * poll() costs time for every descriptor it is given, idle or not: with
+ * thousands of idle bridges, each round would cost milliseconds.  So the
+ * table is split: hot bridges (I/O in the last TCPPROXY_HOT_TTL ms) come
+ * first and are polled every round; cold ones are polled with them only
+ * every few rounds, so that scanning them takes at most a fifth of the
+ * time.  A cold bridge waits at most that interval to be noticed, which
+ * with few bridges is next to nothing; below TCPPROXY_TIER_MIN bridges
+ * every round polls everything.
+ *
  * Buffers are fixed-size (buffer_size per direction) but attached to a
  * flow only while it holds bytes: a flow takes one from a small free list
  * when it reads and gives it back when it drains, so an idle bridge costs
@@ -92,6 +101,15 @@
 #ifndef TCPPROXY_ACCEPT_RETRY
 #define TCPPROXY_ACCEPT_RETRY 1000	/* ms between accepts at fd limit */
 #endif
+#ifndef TCPPROXY_TIER_MIN
+#define TCPPROXY_TIER_MIN 64		/* bridges before hot/cold polling */
+#endif
+#ifndef TCPPROXY_HOT_TTL
+#define TCPPROXY_HOT_TTL 1000		/* ms without I/O before cold */
+#endif
+#ifndef TCPPROXY_SCAN_SHARE
+#define TCPPROXY_SCAN_SHARE 4		/* cold scans get 1/(1+this) */
+#endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
 #endif
@@ -130,6 +148,8 @@ struct bridge {
 	struct bridge *prev, *next;	/* timer list, ordered by last */
 	struct bridge *tprev, *tnext;	/* throttled list (--rate) */
 	size_t slot;			/* index in the bridge table */
+	short rev[2];			/* what poll() reported this round */
+	long long active;		/* ms of the last I/O, for hot/cold */
 	int fd[2];
 	unsigned char rd[2], wr[2];
 	unsigned char connecting;
@@ -167,6 +187,9 @@ struct tcpproxy {
 	struct pollfd *pfd;		/* wake, listeners, 2 per bridge */
 	struct bridge **tab;		/* bridges; tab[k]->slot == k */
 	size_t nbridges, cap;
+	size_t nhot;			/* tab[0..nhot) are hot */
+	struct bridge **ready;		/* bridges with events this round */
+	long long next_scan;		/* ms; next poll of the cold bridges */
 	struct timer_list timers[2];
 	struct bridge *throttled;	/* bridges with a paused flow */
 	double burst;			/* --rate: token bucket size */
@@ -736,6 +759,43 @@ slot_pfd(struct tcpproxy *p, size_t k, int s)
 	return &p->pfd[1 + p->nlisten + 2 * k + (size_t)s];
 }
 
+/* Swaps the bridges in slots i and j, with their pollfds. */
+static void
+slot_swap(struct tcpproxy *p, size_t i, size_t j)
+{
+	struct bridge *b = p->tab[i];
+	struct pollfd t;
+	int s;
+
+	if (i == j)
+		return;
+	p->tab[i] = p->tab[j];
+	p->tab[j] = b;
+	p->tab[i]->slot = i;
+	b->slot = j;
+	for (s = CLIENT; s <= SERVER; s++) {
+		t = *slot_pfd(p, i, s);
+		*slot_pfd(p, i, s) = *slot_pfd(p, j, s);
+		*slot_pfd(p, j, s) = t;
+	}
+}
+
+/* Moves a cold bridge to the hot end of the table. */
+static void
+bridge_heat(struct tcpproxy *p, struct bridge *b)
+{
+	if (b->slot >= p->nhot)
+		slot_swap(p, b->slot, p->nhot++);
+}
+
+/* Moves a hot bridge to the cold part of the table. */
+static void
+bridge_cool(struct tcpproxy *p, struct bridge *b)
+{
+	if (b->slot < p->nhot)
+		slot_swap(p, b->slot, --p->nhot);
+}
+
 /*
  * Starts a nonblocking connect to the current target or, failing that,
  * to the next ones.  Returns 0 if a connect is under way or done, -1 when
@@ -839,6 +899,9 @@ table_grow(struct tcpproxy *p)
 	if ((tab = realloc(p->tab, cap * sizeof(*tab))) == NULL)
 		return -1;
 	p->tab = tab;
+	if ((tab = realloc(p->ready, cap * sizeof(*tab))) == NULL)
+		return -1;
+	p->ready = tab;
 	pfd = realloc(p->pfd, (1 + p->nlisten + 2 * cap) * sizeof(*pfd));
 	if (pfd == NULL)
 		return -1;
@@ -870,7 +933,6 @@ static void
 bridge_close(struct tcpproxy *p, struct bridge *b)
 {
 	const struct tcpproxy_hooks *h = p->cfg.hooks;
-	size_t k = b->slot, last = p->nbridges - 1;
 
 	bridge_end(b, TCPPROXY_REASON_SHUTDOWN, 0);
 	bridge_log_close(p, b);
@@ -886,12 +948,8 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	buf_give(p, &b->flow[SERVER]);
 	timer_unlink(p, b);
 	throttle_unlink(p, b);
-	if (k != last) {
-		p->tab[k] = p->tab[last];
-		p->tab[k]->slot = k;
-		*slot_pfd(p, k, CLIENT) = *slot_pfd(p, last, CLIENT);
-		*slot_pfd(p, k, SERVER) = *slot_pfd(p, last, SERVER);
-	}
+	bridge_cool(p, b);
+	slot_swap(p, b->slot, p->nbridges - 1);
 	p->nbridges--;
 	free(b);
 	/* A descriptor and a slot are free: accepting may resume. */
@@ -983,6 +1041,8 @@ bridge_open(struct tcpproxy *p, int cfd, const struct sockaddr *sa,
 	}
 	b->slot = p->nbridges++;
 	p->tab[b->slot] = b;
+	b->active = p->now;
+	bridge_heat(p, b);
 	say(p, TCPPROXY_LOG_INFO, "open id=%lu%s client=%s server=%s", b->id,
 	    p->worker, b->client, p->targets[0].name);
 	if (server_connect(p, b) == -1) {
@@ -1192,10 +1252,13 @@ next_timeout(const struct tcpproxy *p, int limit)
 
 /* Handles what poll() reported for bridge b; returns 1 if b was closed. */
 static int
-bridge_handle(struct tcpproxy *p, struct bridge *b, short rev[2])
+bridge_handle(struct tcpproxy *p, struct bridge *b)
 {
+	short *rev = b->rev;
 	int s;
 
+	b->active = p->now;
+	bridge_heat(p, b);
 	if (b->connecting && rev[SERVER] != 0) {
 		server_connected(p, b);
 		rev[SERVER] = 0;
@@ -1212,38 +1275,95 @@ bridge_handle(struct tcpproxy *p, struct bridge *b, short rev[2])
 	return bridge_settle(p, b);
 }
 
+/* Returns the monotonic time in microseconds. */
+static long long
+now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Cools the hot bridges that saw no I/O for TCPPROXY_HOT_TTL. */
+static void
+bridges_cool(struct tcpproxy *p)
+{
+	size_t k;
+
+	/* Downwards: a bridge swapped into slot k was looked at already. */
+	for (k = p->nhot; k-- > 0; )
+		if (p->now - p->tab[k]->active >= TCPPROXY_HOT_TTL)
+			bridge_cool(p, p->tab[k]);
+}
+
+/*
+ * Polls the hot bridges, or every descriptor when the cold ones are due
+ * (or there are few bridges, or none is hot).  Returns poll()'s result;
+ * *scanned is how many bridges were polled.
+ */
+static int
+poll_bridges(struct tcpproxy *p, int timeout_ms, size_t *scanned)
+{
+	size_t base = 1 + p->nlisten;
+	long long t0, wait;
+	int n;
+
+	if (p->nbridges < TCPPROXY_TIER_MIN || p->nhot == 0) {
+		*scanned = p->nbridges;
+		return poll(p->pfd, (nfds_t)(base + 2 * p->nbridges),
+		    next_timeout(p, timeout_ms));
+	}
+	if (now_ms() >= p->next_scan) {
+		/* Without waiting: a blocking poll of all would cost more. */
+		*scanned = p->nbridges;
+		t0 = now_us();
+		n = poll(p->pfd, (nfds_t)(base + 2 * p->nbridges), 0);
+		wait = (now_us() - t0) * TCPPROXY_SCAN_SHARE / 1000;
+		p->next_scan = now_ms() + (wait < 1 ? 1 : wait);
+		return n;
+	}
+	*scanned = p->nhot;
+	wait = p->next_scan - now_ms();
+	timeout_ms = next_timeout(p, timeout_ms);
+	if (timeout_ms < 0 || timeout_ms > wait)
+		timeout_ms = (int)wait;
+	return poll(p->pfd, (nfds_t)(base + 2 * p->nhot), timeout_ms);
+}
+
 int
 tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 {
-	size_t k, i, nfds;
-	int n;
+	size_t k, i, nready = 0, scanned;
+	int n, full;
 
 	if (p->stopping && p->nbridges == 0)
 		return 0;
-	nfds = 1 + p->nlisten + 2 * p->nbridges;
-	n = poll(p->pfd, (nfds_t)nfds, next_timeout(p, timeout_ms));
+	n = poll_bridges(p, timeout_ms, &scanned);
 	if (n == -1)
 		return errno == EINTR ? 1 : -1;
 	p->now = now_ms();
 	if (p->pfd[0].revents != 0)
 		wake_read(p);
-	for (k = 0; n > 0 && k < p->nbridges; ) {
+	/*
+	 * Collect first, then handle: handling closes and moves bridges
+	 * around the table, but never frees another bridge than its own.
+	 */
+	for (k = 0; n > 0 && k < scanned; k++) {
 		struct bridge *b = p->tab[k];
-		short rev[2];
 
-		rev[CLIENT] = slot_pfd(p, k, CLIENT)->revents;
-		rev[SERVER] = slot_pfd(p, k, SERVER)->revents;
-		if ((rev[CLIENT] | rev[SERVER]) == 0) {
-			k++;
-			continue;
+		b->rev[CLIENT] = slot_pfd(p, k, CLIENT)->revents;
+		b->rev[SERVER] = slot_pfd(p, k, SERVER)->revents;
+		if ((b->rev[CLIENT] | b->rev[SERVER]) != 0) {
+			p->ready[nready++] = b;
+			n -= (b->rev[CLIENT] != 0) + (b->rev[SERVER] != 0);
 		}
-		n -= (rev[CLIENT] != 0) + (rev[SERVER] != 0);
-		/* Clear them: a bridge moved here by a close keeps its own. */
-		slot_pfd(p, k, CLIENT)->revents = 0;
-		slot_pfd(p, k, SERVER)->revents = 0;
-		if (!bridge_handle(p, b, rev))
-			k++;
 	}
+	full = scanned == p->nbridges;
+	for (k = 0; k < nready; k++)
+		(void)bridge_handle(p, p->ready[k]);
+	if (full && p->nbridges >= TCPPROXY_TIER_MIN)
+		bridges_cool(p);
 	for (i = 0; i < p->nlisten; i++)
 		if (p->pfd[1 + i].fd >= 0 && p->pfd[1 + i].revents != 0)
 			listener_accept(p, i);
@@ -1502,6 +1622,7 @@ tcpproxy_free(struct tcpproxy *p)
 		free(p->spare[i]);
 	free(p->spare);
 	free(p->tab);
+	free(p->ready);
 	free(p->pfd);
 	free(p->lfd);
 	free(p->targets);
