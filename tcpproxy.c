@@ -101,6 +101,9 @@
 #ifndef TCPPROXY_ACCEPT_RETRY
 #define TCPPROXY_ACCEPT_RETRY 1000	/* ms between accepts at fd limit */
 #endif
+#ifndef TCPPROXY_READS_PER_ROUND
+#define TCPPROXY_READS_PER_ROUND 4	/* per side, while they come full */
+#endif
 #ifndef TCPPROXY_TIER_MIN
 #define TCPPROXY_TIER_MIN 64		/* bridges before hot/cold polling */
 #endif
@@ -633,10 +636,12 @@ side_eof(struct tcpproxy *p, struct bridge *b, int s)
 
 /*
  * Reads once from side s into flow[s], runs the data hook, and tries to
- * write the bytes to !s at once rather than a poll round later.
+ * write the bytes to !s at once rather than a poll round later.  Returns
+ * 1 if the read filled all the room it had and the bytes all went out,
+ * so that another read is likely to find more.
  */
-static void
-flow_fill(struct tcpproxy *p, struct bridge *b, int s)
+static int
+flow_read(struct tcpproxy *p, struct bridge *b, int s)
 {
 	const struct tcpproxy_hooks *h = p->cfg.hooks;
 	struct flow *f = &b->flow[s];
@@ -646,7 +651,7 @@ flow_fill(struct tcpproxy *p, struct bridge *b, int s)
 	if (buf_take(p, f) == -1) {
 		bridge_end(b, TCPPROXY_REASON_NO_MEMORY, ENOMEM);
 		b->rd[CLIENT] = b->rd[SERVER] = 0;
-		return;
+		return 0;
 	}
 	if (f->off > 0 && f->len == p->bufsize) {
 		/* Full at the end but not at the start: slide down. */
@@ -665,7 +670,7 @@ flow_fill(struct tcpproxy *p, struct bridge *b, int s)
 		/* Paused by --rate, or woken by POLLHUP with a full buffer. */
 		if (f->off == f->len)
 			buf_give(p, f);
-		return;
+		return 0;
 	}
 	start = f->len;
 	n = recv(b->fd[s], f->buf + start, room, 0);
@@ -681,8 +686,9 @@ flow_fill(struct tcpproxy *p, struct bridge *b, int s)
 		f->taken += len;
 		f->tokens -= (double)len;
 		if (s == CLIENT && f->taken == p->cfg.max_bytes) {
+			/* As if the client had sent EOF right there. */
 			bridge_end(b, TCPPROXY_REASON_MAX_BYTES, 0);
-			b->rd[CLIENT] = b->rd[SERVER] = 0;
+			side_eof(p, b, CLIENT);
 		}
 		if (h != NULL && h->on_data != NULL) {
 			struct tcpproxy_bridge_info info;
@@ -708,6 +714,20 @@ flow_fill(struct tcpproxy *p, struct bridge *b, int s)
 		buf_give(p, f);
 	else
 		flow_drain(p, b, s);
+	return n > 0 && (size_t)n == room && f->buf == NULL && b->rd[s];
+}
+
+/*
+ * Reads from side s and relays what it can.  While reads come back full
+ * and leave at once, a few more are cheaper than poll() rounds.
+ */
+static void
+flow_fill(struct tcpproxy *p, struct bridge *b, int s)
+{
+	int i;
+
+	for (i = 0; i < TCPPROXY_READS_PER_ROUND && flow_read(p, b, s); i++)
+		;
 }
 
 /* Writes what flow[s] holds to side !s, as much as it takes. */
@@ -1158,15 +1178,17 @@ wake_read(struct tcpproxy *p)
 	char buf[64];
 	ssize_t n;
 
+	/* One byte per tcpproxy_stop() call: the second ends the grace. */
 	while ((n = read(p->wake[0], buf, sizeof(buf))) > 0) {
-		if (p->stopping++ == 0) {
+		if (p->stopping == 0) {
 			listeners_close(p);
 			p->grace_end = p->now + secs_to_ms(p->cfg.grace);
 			say(p, TCPPROXY_LOG_DEBUG, "stopping, %lu bridges open",
 			    (unsigned long)p->nbridges);
-		} else {
-			p->grace_end = p->now;
 		}
+		p->stopping += (int)n;
+		if (p->stopping > 1)
+			p->grace_end = p->now;
 	}
 }
 
@@ -1653,7 +1675,7 @@ int setgroups(int, const gid_t *);
 #define ERRLEN 256
 
 static const char usage_line[] =
-    "usage: tcpproxy [-Hhqvx] [-a cidr] [-b bytes] [-c max-clients] "
+    "usage: tcpproxy [-HhqVvx] [-a cidr] [-b bytes] [-c max-clients] "
     "[-d cidr]\n"
     "                [-i idle-secs] [-t connect-secs] [-u user[:group]] "
     "[-w workers]\n"
@@ -1706,7 +1728,7 @@ struct options {
 enum { OPTIONS_RUN = 0, OPTIONS_HELP = 1, OPTIONS_VERSION = 2 };
 
 static struct tcpproxy *the_proxy;	/* for the signal handler only */
-static volatile sig_atomic_t got_signal;	/* for the worker parent */
+static volatile sig_atomic_t got_signals;	/* for the worker parent */
 
 /* Prints a usage error naming the bad word, then the usage; exits 2. */
 static void
@@ -2172,7 +2194,8 @@ cli_close(void *user, void *bridge_data,
 static void
 on_signal(int sig)
 {
-	got_signal = sig;
+	(void)sig;
+	got_signals++;
 	if (the_proxy != NULL)
 		tcpproxy_stop(the_proxy);
 }
@@ -2210,119 +2233,151 @@ signals_catch(void)
 	return 0;
 }
 
-/* Blocks or unblocks SIGINT and SIGTERM. */
-static void
-signals_block(int how)
-{
-	sigset_t set;
-
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	(void)sigprocmask(how, &set, NULL);
-}
+/* Who to become after binding, for -u. */
+struct identity {
+	uid_t uid;
+	gid_t gid;
+};
 
 /*
- * Drops root for USER[:GROUP], after binding: groups first, then the gid,
- * then the uid, and checks that root cannot be regained.  Exits 1 on any
- * failure: better not to run than to run as root by mistake.
+ * Looks up USER[:GROUP] before anything is bound, so that a typo fails
+ * at once.  Exits 1 if either is unknown.
  */
 static void
-drop_privileges(const char *spec)
+identity_lookup(const char *spec, struct identity *id)
 {
 	char user[256], *colon;
 	struct passwd *pw;
 	struct group *gr;
-	gid_t gid;
 
 	if (strlen(spec) >= sizeof(user))
 		die("cannot drop privileges: user name too long");
 	strcpy(user, spec);
 	if ((colon = strchr(user, ':')) != NULL)
 		*colon++ = '\0';
-	errno = 0;
 	if ((pw = getpwnam(user)) == NULL)
 		die("cannot drop privileges: unknown user '%s'", user);
-	gid = pw->pw_gid;
+	id->uid = pw->pw_uid;
+	id->gid = pw->pw_gid;
 	if (colon != NULL) {
 		if ((gr = getgrnam(colon)) == NULL)
 			die("cannot drop privileges: unknown group '%s'",
 			    colon);
-		gid = gr->gr_gid;
+		id->gid = gr->gr_gid;
 	}
-	if (setgroups(1, &gid) == -1 || setgid(gid) == -1 ||
-	    setuid(pw->pw_uid) == -1)
+}
+
+/*
+ * Drops root for id, after binding: groups first, then the gid, then the
+ * uid, and checks that root cannot be regained.  Exits 1 on any failure:
+ * better not to run than to run as root by mistake.
+ */
+static void
+identity_assume(const struct identity *id, const char *spec)
+{
+	if (setgroups(1, &id->gid) == -1 || setgid(id->gid) == -1 ||
+	    setuid(id->uid) == -1)
 		die("cannot drop privileges to '%s': %s", spec,
 		    strerror(errno));
-	if (pw->pw_uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))
+	if (id->uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))
 		die("cannot drop privileges to '%s': root regained", spec);
+}
+
+static void
+on_child(int sig)
+{
+	(void)sig;	/* only to wake sigsuspend() */
+}
+
+/* Reaps the workers that ended; returns how many, or -1 on error. */
+static int
+workers_reap(pid_t *pids, int n, int *rc)
+{
+	pid_t pid;
+	int i, status, reaped = 0;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (i = 0; i < n; i++)
+			if (pids[i] == pid)
+				pids[i] = 0;
+		reaped++;
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+			fprintf(stderr, "tcpproxy: worker %ld ended with "
+			    "status %d\n", (long)pid, WIFEXITED(status) ?
+			    WEXITSTATUS(status) : 128 + WTERMSIG(status));
+			*rc = 1;
+		}
+	}
+	return pid == -1 && errno != ECHILD ? -1 : reaped;
 }
 
 /*
  * Runs n workers, each a process with its own poll loop on the shared
- * listeners, and waits for them; SIGINT/SIGTERM are passed on.  Returns
- * the exit status for main.
+ * listeners, and waits for them; every SIGINT/SIGTERM is passed on, so a
+ * second one ends their grace period.  Returns main's exit status.
  */
 static int
 run_workers(struct tcpproxy *p, int n)
 {
+	struct sigaction sa;
+	sigset_t block, old;
 	pid_t *pids;
-	int i, status, rc = 0, alive = 0, forwarded = 0;
+	int i, r, rc = 0, alive = 0;
+	sig_atomic_t forwarded = 0;
 
 	if ((pids = calloc((size_t)n, sizeof(*pids))) == NULL)
 		die("out of memory");
-	/* A signal between fork and tcpproxy_after_fork would be lost. */
-	signals_block(SIG_BLOCK);
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = on_child;
+	(void)sigaction(SIGCHLD, &sa, NULL);
+	/*
+	 * Blocked until sigsuspend(): a signal between fork and
+	 * tcpproxy_after_fork, or just before the parent waits, would be lost.
+	 */
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGCHLD);
+	(void)sigprocmask(SIG_BLOCK, &block, &old);
 	for (i = 0; i < n; i++) {
 		if ((pids[i] = fork()) == -1) {
 			fprintf(stderr, "tcpproxy: fork: %s\n",
 			    strerror(errno));
-			got_signal = SIGTERM;
+			got_signals++;
 			rc = 1;
 			break;
 		}
 		if (pids[i] == 0) {
 			free(pids);
+			sa.sa_handler = SIG_DFL;
+			(void)sigaction(SIGCHLD, &sa, NULL);
 			if (tcpproxy_after_fork(p, i + 1) == -1)
 				die("worker %d: %s", i + 1, strerror(errno));
-			signals_block(SIG_UNBLOCK);
-			rc = tcpproxy_run(p);
-			if (rc == -1)
+			(void)sigprocmask(SIG_SETMASK, &old, NULL);
+			r = tcpproxy_run(p);
+			if (r == -1)
 				fprintf(stderr, "tcpproxy: poll: %s\n",
 				    strerror(errno));
 			tcpproxy_free(p);
-			_exit(rc == -1 ? 1 : 0);
+			_exit(r == -1 ? 1 : 0);
 		}
 		alive++;
 	}
 	/* The parent only supervises: it serves nothing. */
 	the_proxy = NULL;
 	tcpproxy_free(p);
-	signals_block(SIG_UNBLOCK);
 	while (alive > 0) {
-		pid_t pid;
-
-		if (got_signal && !forwarded) {
+		while (forwarded < got_signals) {
 			for (i = 0; i < n; i++)
 				if (pids[i] > 0)
 					(void)kill(pids[i], SIGTERM);
-			forwarded = 1;
+			forwarded++;
 		}
-		if ((pid = waitpid(-1, &status, 0)) == -1) {
-			if (errno == EINTR)
-				continue;
+		if ((r = workers_reap(pids, n, &rc)) == -1)
 			break;
-		}
-		for (i = 0; i < n; i++)
-			if (pids[i] == pid)
-				pids[i] = 0;
-		alive--;
-		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-			fprintf(stderr, "tcpproxy: worker %ld ended with "
-			    "status %d\n", (long)pid, WIFEXITED(status) ?
-			    WEXITSTATUS(status) : 128 + WTERMSIG(status));
-			rc = 1;
-		}
+		if ((alive -= r) > 0 && forwarded == got_signals)
+			(void)sigsuspend(&old);
 	}
 	free(pids);
 	return rc;
@@ -2537,6 +2592,7 @@ main(int argc, char *argv[])
 	struct tcpproxy *p;
 	struct sigaction ign;
 	struct cli *cli = &o.cli;
+	struct identity id;
 	char err[ERRLEN];
 	int rc;
 
@@ -2570,10 +2626,12 @@ main(int argc, char *argv[])
 	ign.sa_handler = SIG_IGN;
 	(void)sigaction(SIGPIPE, &ign, NULL);
 	raise_fd_limit();
+	if (o.user != NULL)
+		identity_lookup(o.user, &id);
 	if ((p = tcpproxy_create(&o.cfg, err, sizeof(err))) == NULL)
 		die("%s", err);
 	if (o.user != NULL)
-		drop_privileges(o.user);
+		identity_assume(&id, o.user);
 	else if (geteuid() == 0)
 		fprintf(stderr, "tcpproxy: warning: running as root; "
 		    "consider --user\n");
