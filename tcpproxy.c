@@ -579,6 +579,16 @@ flow_allowance(struct tcpproxy *p, struct bridge *b, int s, size_t room)
 
 /* ---- bridge I/O ---- */
 
+/*
+ * Returns the free bytes a read needs: 2 with a data hook, whose cap must
+ * be at least twice the chunk, else 1.
+ */
+static size_t
+room_min(const struct tcpproxy *p)
+{
+	return p->cfg.hooks != NULL && p->cfg.hooks->on_data != NULL ? 2 : 1;
+}
+
 /* Records the first reason a bridge has to end. */
 static void
 bridge_end(struct bridge *b, enum tcpproxy_reason reason, int error)
@@ -653,14 +663,14 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 		b->rd[CLIENT] = b->rd[SERVER] = 0;
 		return 0;
 	}
-	if (f->off > 0 && f->len == p->bufsize) {
+	if (f->off > 0 && p->bufsize - f->len < room_min(p)) {
 		/* Full at the end but not at the start: slide down. */
 		memmove(f->buf, f->buf + f->off, f->len - f->off);
 		f->len -= f->off;
 		f->off = 0;
 	}
 	room = p->bufsize - f->len;
-	if (h != NULL && h->on_data != NULL && room > 1)
+	if (room_min(p) == 2)
 		room /= 2;	/* the hook may grow the chunk to cap */
 	if (s == CLIENT && p->cfg.max_bytes > 0 &&
 	    room > p->cfg.max_bytes - f->taken)
@@ -757,13 +767,15 @@ flow_drain(struct tcpproxy *p, struct bridge *b, int s)
 static short
 want(const struct tcpproxy *p, const struct bridge *b, int s)
 {
+	const struct flow *f = &b->flow[s];
+	/* Room for a read, once the queue is slid down (see flow_read). */
+	int room = f->len - f->off + room_min(p) <= p->bufsize;
 	short ev = 0;
 
 	if (b->connecting)
-		return s == SERVER ? POLLOUT : (b->rd[s] && !b->flow[s].resume &&
-		    b->flow[s].len < p->bufsize ? POLLIN : 0);
-	if (b->rd[s] && !b->flow[s].resume &&
-	    (b->flow[s].len < p->bufsize || b->flow[s].off > 0))
+		return s == SERVER ? POLLOUT :
+		    (b->rd[s] && !f->resume && room ? POLLIN : 0);
+	if (b->rd[s] && !f->resume && room)
 		ev |= POLLIN;
 	if (b->wr[s] && b->flow[!s].buf != NULL)
 		ev |= POLLOUT;
@@ -1539,6 +1551,8 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	p->cfg.remote_host = p->cfg.remote_port = NULL;
 	p->bufsize = cfg->buffer_size ? cfg->buffer_size :
 	    TCPPROXY_BUFFER_SIZE;
+	if (p->bufsize < room_min(p))
+		p->bufsize = room_min(p);
 	p->timers[TIMER_CONNECT].timeout = secs_to_ms(cfg->connect_timeout);
 	p->timers[TIMER_IDLE].timeout = secs_to_ms(cfg->idle_timeout);
 	/* A bucket of 1/20 s: smooth, yet reads stay worth a system call. */
@@ -2094,7 +2108,8 @@ hexdump(FILE *f, const struct tcpproxy_bridge_info *info, int dir,
 	fprintf(f, "id=%lu %c offset=%llu length=%lu\n", info->id,
 	    dir == TCPPROXY_UPSTREAM ? '>' : '<', off, (unsigned long)len);
 	for (i = 0; i < len; i += 16) {
-		char line[80], *q = line;
+		/* 17 + 49 + 3 + 16 + 2 + 1: offsets past 4 GiB too. */
+		char line[96], *q = line;
 
 		q += sprintf(q, "%08llx ", off + i);
 		for (j = 0; j < 16; j++) {
