@@ -419,18 +419,29 @@ fd_port(int fd)
 	return -1;
 }
 
-/* Resolves host:port; returns 0 or a getaddrinfo error code. */
+/*
+ * Resolves host:port into *res and counts its addresses into *n.
+ * Returns 0, or -1 with errno set and the reason in err.
+ */
 static int
 resolve(const char *host, const char *port, int passive,
-    struct addrinfo **res)
+    struct addrinfo **res, size_t *n, char *err, size_t errlen)
 {
-	struct addrinfo hints;
+	struct addrinfo hints, *ai;
+	int rc;
 
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-	return getaddrinfo(host, port, &hints, res);
+	if ((rc = getaddrinfo(host, port, &hints, res)) != 0) {
+		fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': %s",
+		    host != NULL ? host : "*", gai_strerror(rc));
+		return -1;
+	}
+	for (*n = 0, ai = *res; ai != NULL; ai = ai->ai_next)
+		(*n)++;
+	return 0;
 }
 
 /* Returns whether ai repeats an address seen earlier in its list. */
@@ -1423,16 +1434,11 @@ targets_resolve(struct tcpproxy *p, const struct tcpproxy_config *cfg,
     char *err, size_t errlen)
 {
 	struct addrinfo *res, *ai;
-	size_t n = 0;
-	int rc;
+	size_t n;
 
-	if ((rc = resolve(cfg->remote_host, cfg->remote_port, 0, &res)) != 0) {
-		fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': %s",
-		    cfg->remote_host, gai_strerror(rc));
+	if (resolve(cfg->remote_host, cfg->remote_port, 0, &res, &n, err,
+	    errlen) == -1)
 		return -1;
-	}
-	for (ai = res; ai != NULL; ai = ai->ai_next)
-		n++;
 	if ((p->targets = calloc(n, sizeof(*p->targets))) == NULL) {
 		freeaddrinfo(res);
 		fail(err, errlen, ENOMEM, "out of memory");
@@ -1468,16 +1474,12 @@ listeners_open(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 {
 	struct addrinfo *res, *ai;
 	char name[ADDR_NAME_MAX];
-	size_t n = 0;
-	int rc, port = atoi(cfg->local_port), saved = 0;
+	size_t n;
+	int port = atoi(cfg->local_port), saved = 0;
 
-	if ((rc = resolve(cfg->local_host, cfg->local_port, 1, &res)) != 0) {
-		fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': %s",
-		    cfg->local_host, gai_strerror(rc));
+	if (resolve(cfg->local_host, cfg->local_port, 1, &res, &n, err,
+	    errlen) == -1)
 		return -1;
-	}
-	for (ai = res; ai != NULL; ai = ai->ai_next)
-		n++;
 	if ((p->lfd = calloc(n, sizeof(*p->lfd))) == NULL) {
 		freeaddrinfo(res);
 		fail(err, errlen, ENOMEM, "out of memory");
