@@ -134,6 +134,7 @@
 enum { CLIENT = 0, SERVER = 1 };
 enum { TIMER_CONNECT = 0, TIMER_IDLE = 1, TIMER_NONE = 2 };
 enum { ACCEPT_ON = 0, ACCEPT_FULL, ACCEPT_NOFD, ACCEPT_OFF };
+enum { MORE_NONE = 0, MORE_DRAINED, MORE_FINAL };
 
 #define ADDR_NAME_MAX (INET6_ADDRSTRLEN + 10)	/* "[addr]:65535" */
 
@@ -145,6 +146,7 @@ struct flow {
 	double tokens;			/* --rate: bytes it may read now */
 	long long stamp;		/* --rate: when tokens was computed */
 	long long resume;		/* --rate: paused until then; 0: not */
+	int more;			/* MORE_*: a hook call due once drained */
 };
 
 struct bridge {
@@ -644,15 +646,77 @@ side_fail(struct tcpproxy *p, struct bridge *b, int s, int err)
 	b->rd[!s] = 0;
 }
 
-/* Side s sent EOF. */
+/* Returns whether a data hook is set. */
+static int
+hooked(const struct tcpproxy *p)
+{
+	return p->cfg.hooks != NULL && p->cfg.hooks->on_data != NULL;
+}
+
+/*
+ * Runs the data hook on the len bytes just queued at flow[s].buf[start]
+ * (none for a last or a drained call) and applies its verdict.  Returns
+ * how many bytes to queue.
+ */
+static size_t
+flow_hook(struct tcpproxy *p, struct bridge *b, int s, size_t start,
+    size_t len, int final)
+{
+	const struct tcpproxy_hooks *h = p->cfg.hooks;
+	struct flow *f = &b->flow[s];
+	struct tcpproxy_bridge_info info;
+	enum tcpproxy_verdict v;
+	size_t cap = p->bufsize - start;
+
+	bridge_info(p, b, &info);
+	info.final = final;
+	v = h->on_data(h->user, b->hook_data, &info, s == CLIENT ?
+	    TCPPROXY_UPSTREAM : TCPPROXY_DOWNSTREAM, f->buf + start, &len,
+	    cap);
+	if (len > cap)
+		len = cap;
+	/* MORE with nothing added would only call again for nothing. */
+	f->more = v == TCPPROXY_MORE && len > 0 ? MORE_DRAINED : MORE_NONE;
+	if (v == TCPPROXY_DROP || v == TCPPROXY_CLOSE)
+		len = 0;
+	if (v == TCPPROXY_CLOSE) {
+		bridge_end(b, TCPPROXY_REASON_HOOK, 0);
+		b->rd[CLIENT] = b->rd[SERVER] = 0;
+	}
+	return len;
+}
+
+/*
+ * Stops reading side s for good.  A data hook gets one last call, with no
+ * bytes, to add what it may still hold.
+ */
+static void
+flow_stop(struct tcpproxy *p, struct bridge *b, int s)
+{
+	struct flow *f = &b->flow[s];
+
+	if (!b->rd[s])
+		return;
+	b->rd[s] = 0;
+	if (!hooked(p) || !b->wr[!s] || buf_take(p, f) == -1)
+		return;
+	if (f->len < p->bufsize)
+		f->len += flow_hook(p, b, s, f->len, 0, 1);
+	else
+		f->more = MORE_FINAL;	/* no room: once drained */
+	if (f->off == f->len)
+		buf_give(p, f);
+}
+
+/* Side s sent EOF (or, for --max-bytes, is taken to have). */
 static void
 side_eof(struct tcpproxy *p, struct bridge *b, int s)
 {
 	bridge_end(b, s == CLIENT ? TCPPROXY_REASON_CLIENT_CLOSED :
 	    TCPPROXY_REASON_SERVER_CLOSED, 0);
-	b->rd[s] = 0;
+	flow_stop(p, b, s);
 	if (!p->cfg.half_close)
-		b->rd[!s] = 0;
+		flow_stop(p, b, !s);
 }
 
 /*
@@ -664,7 +728,6 @@ side_eof(struct tcpproxy *p, struct bridge *b, int s)
 static int
 flow_read(struct tcpproxy *p, struct bridge *b, int s)
 {
-	const struct tcpproxy_hooks *h = p->cfg.hooks;
 	struct flow *f = &b->flow[s];
 	size_t room, start;
 	ssize_t n;
@@ -711,24 +774,8 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 			bridge_end(b, TCPPROXY_REASON_MAX_BYTES, 0);
 			side_eof(p, b, CLIENT);
 		}
-		if (h != NULL && h->on_data != NULL) {
-			struct tcpproxy_bridge_info info;
-			enum tcpproxy_verdict v;
-
-			bridge_info(p, b, &info);
-			v = h->on_data(h->user, b->hook_data, &info,
-			    s == CLIENT ? TCPPROXY_UPSTREAM :
-			    TCPPROXY_DOWNSTREAM, f->buf + start, &len,
-			    p->bufsize - start);
-			if (len > p->bufsize - start)
-				len = p->bufsize - start;
-			if (v != TCPPROXY_PASS)
-				len = 0;
-			if (v == TCPPROXY_CLOSE) {
-				bridge_end(b, TCPPROXY_REASON_HOOK, 0);
-				b->rd[CLIENT] = b->rd[SERVER] = 0;
-			}
-		}
+		if (hooked(p))
+			len = flow_hook(p, b, s, start, len, 0);
 		f->len += len;
 	}
 	if (f->off == f->len)
@@ -756,22 +803,35 @@ static void
 flow_drain(struct tcpproxy *p, struct bridge *b, int s)
 {
 	struct flow *f = &b->flow[s];
-	int d = !s;
+	int d = !s, final;
 	ssize_t n;
 
 	if (f->buf == NULL || !b->wr[d] || b->connecting)
 		return;
-	n = send(b->fd[d], f->buf + f->off, f->len - f->off, SEND_FLAGS);
-	if (n < 0) {
-		if (errno != EINTR && !WOULD_BLOCK(errno))
-			side_fail(p, b, d, errno);
-		return;
-	}
-	bridge_touch(p, b);
-	f->off += (size_t)n;
-	f->bytes += (unsigned long long)n;
-	if (f->off == f->len)
+	for (;;) {
+		n = send(b->fd[d], f->buf + f->off, f->len - f->off,
+		    SEND_FLAGS);
+		if (n < 0) {
+			if (errno != EINTR && !WOULD_BLOCK(errno))
+				side_fail(p, b, d, errno);
+			return;
+		}
+		bridge_touch(p, b);
+		f->off += (size_t)n;
+		f->bytes += (unsigned long long)n;
+		if (f->off < f->len)
+			return;
 		buf_give(p, f);
+		/* The hook had more to add than cap allowed: room again. */
+		if (f->more == MORE_NONE || buf_take(p, f) == -1)
+			return;
+		final = f->more == MORE_FINAL;
+		f->more = MORE_NONE;
+		if ((f->len = flow_hook(p, b, s, 0, 0, final)) == 0) {
+			buf_give(p, f);
+			return;
+		}
+	}
 }
 
 /* Returns the poll events side s of b wants, derived from its state. */
@@ -1520,6 +1580,44 @@ listeners_open(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 	return 0;
 }
 
+/*
+ * Returns whether connecting to target t could reach listener fd: same
+ * family and port, and the same address, or a wildcard listener and a
+ * loopback target.  A proxy relaying to itself would eat every
+ * descriptor in a loop.
+ */
+static int
+target_is_self(const struct target *t, int fd)
+{
+	static const unsigned char any6[16], lo6[16] = { [15] = 1 };
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1 ||
+	    ss.ss_family != t->addr.ss_family)
+		return 0;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *l = (const void *)&ss;
+		const struct sockaddr_in *r = (const void *)&t->addr;
+		unsigned long a = ntohl(r->sin_addr.s_addr);
+
+		return l->sin_port == r->sin_port &&
+		    (l->sin_addr.s_addr == r->sin_addr.s_addr ||
+		    (l->sin_addr.s_addr == htonl(INADDR_ANY) &&
+		    (a >> 24) == 127));
+	}
+	if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *l = (const void *)&ss;
+		const struct sockaddr_in6 *r = (const void *)&t->addr;
+
+		return l->sin6_port == r->sin6_port &&
+		    (memcmp(&l->sin6_addr, &r->sin6_addr, 16) == 0 ||
+		    (memcmp(&l->sin6_addr, any6, 16) == 0 &&
+		    memcmp(&r->sin6_addr, lo6, 16) == 0));
+	}
+	return 0;
+}
+
 /* Creates the wake pipe; returns 0 or -1. */
 static int
 wake_open(struct tcpproxy *p)
@@ -1568,6 +1666,15 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	if (targets_resolve(p, cfg, err, errlen) == -1 ||
 	    listeners_open(p, cfg, err, errlen) == -1)
 		goto bad;
+	for (i = 0; i < p->ntargets * p->nlisten; i++) {
+		if (target_is_self(&p->targets[i / p->nlisten],
+		    p->lfd[i % p->nlisten])) {
+			fail(err, errlen, ELOOP, "remote address %s is the "
+			    "proxy's own listening address",
+			    p->targets[i / p->nlisten].name);
+			goto bad;
+		}
+	}
 	if (wake_open(p) == -1 ||
 	    (p->spare = calloc(TCPPROXY_SPARE_BUFFERS, sizeof(char *))) ==
 	    NULL || table_grow(p) == -1) {

@@ -45,7 +45,8 @@ enum tcpproxy_dir {
 enum tcpproxy_verdict {
 	TCPPROXY_PASS = 0,	/* admit the client; relay the chunk */
 	TCPPROXY_DROP = 1,	/* discard the chunk; the bridge goes on */
-	TCPPROXY_CLOSE = 2	/* refuse the client; end the bridge */
+	TCPPROXY_CLOSE = 2,	/* refuse the client; end the bridge */
+	TCPPROXY_MORE = 3	/* relay the chunk; call again when drained */
 };
 
 /* Why a bridge ended; tcpproxy_reason_name() gives the word in the log. */
@@ -82,6 +83,7 @@ struct tcpproxy_bridge_info {
 	double duration;		/* seconds since accept */
 	enum tcpproxy_reason reason;	/* TCPPROXY_REASON_NONE until close */
 	int error;			/* errno behind the reason, or 0 */
+	int final;			/* on_data: the direction's last call */
 };
 
 /*
@@ -110,6 +112,20 @@ struct tcpproxy_bridge_info {
  *   Returning TCPPROXY_CLOSE discards the chunk and ends the bridge: no
  *   more bytes are read from either side, bytes already passed and still
  *   buffered are delivered, then both connections are closed.
+ *
+ * - on_data is also called with *len == 0, and data[0..cap) to fill:
+ *   (a) once when the proxy stops reading a direction for good (its
+ *   sender's EOF, the other side's EOF in symmetric mode, --max-bytes),
+ *   with info->final set, so a hook that holds bytes back (a match split
+ *   across reads, say) can add them before the direction ends (if the
+ *   buffer is full then, the call waits until it has drained); not after
+ *   a reset or an error, when they could not be delivered anyway; and (b)
+ *   after the hook
+ *   returned TCPPROXY_MORE, as soon as everything queued in that
+ *   direction has been written, with cap the whole buffer.  TCPPROXY_MORE
+ *   relays the chunk like TCPPROXY_PASS and asks for call (b): for a hook
+ *   that has more to add than cap allowed.  It is ignored when the chunk
+ *   is empty, so a hook cannot make the proxy call it for nothing.
  *
  * - on_close is called exactly once for every bridge that on_accept
  *   admitted (or every accepted client when on_accept is NULL), whatever

@@ -8,16 +8,13 @@
  * Only the downstream stream (server to client) is rewritten; what the
  * client sends passes untouched.  A match may be split across two reads,
  * so a chunk that ends with a proper prefix of FROM keeps that prefix back
- * and puts it in front of the next chunk.  When TO is longer than FROM a
- * chunk may outgrow the room the hook is given (cap); the excess is
- * carried to the next chunk too, up to CARRY_MAX bytes, and past that
- * the bridge is closed rather than buffer without bound.
- *
- * Limitation: the hook API has no end-of-stream call, so bytes still
- * carried when the server's stream ends are lost.  That is at most a
- * trailing prefix of FROM (fewer than strlen(FROM) bytes), plus any
- * excess that did not fit, which needs a TO much longer than FROM.
+ * and puts it in front of the next chunk; the last call of the stream
+ * (info->final) lets it go.  When TO is longer than FROM a chunk may
+ * outgrow the room the hook is given (cap): the excess is kept, and
+ * TCPPROXY_MORE asks the proxy to call again once the stream has drained,
+ * so nothing waits for the server's next chunk and nothing is lost.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +47,8 @@ bytes_add(struct bytes *b, const char *s, size_t n)
 	char *grown;
 	size_t size = b->size ? b->size : 256;
 
+	if (n == 0)
+		return 0;
 	while (size - b->len < n)
 		size *= 2;
 	if (size != b->size) {
@@ -88,7 +87,8 @@ on_accept(void *user, const struct tcpproxy_bridge_info *info, void **data)
 
 /*
  * Rewrites one downstream chunk: the carried bytes, then the chunk with
- * every FROM replaced, minus a trailing prefix of FROM kept for later.
+ * every FROM replaced, minus a trailing prefix of FROM kept for later
+ * unless this is the stream's last call.
  */
 static enum tcpproxy_verdict
 on_data(void *user, void *bridge_data, const struct tcpproxy_bridge_info *info,
@@ -116,7 +116,8 @@ on_data(void *user, void *bridge_data, const struct tcpproxy_bridge_info *info,
 		}
 	}
 	/* Only bytes past the last match may start a match yet to come. */
-	keep = bad ? 0 : tail_prefix(in.p + start, in.len - start);
+	keep = bad || info->final ? 0 :
+	    tail_prefix(in.p + start, in.len - start);
 	if (!bad && start < in.len - keep)
 		bad = bytes_add(&out, in.p + start, in.len - keep - start) == -1;
 	free(c->out);
@@ -143,7 +144,8 @@ on_data(void *user, void *bridge_data, const struct tcpproxy_bridge_info *info,
 		    info->id);
 		return TCPPROXY_CLOSE;
 	}
-	return TCPPROXY_PASS;
+	/* What did not fit goes out as soon as the stream has drained. */
+	return c->nout > 0 ? TCPPROXY_MORE : TCPPROXY_PASS;
 }
 
 static void
@@ -178,6 +180,8 @@ main(int argc, char *argv[])
 	nfrom = strlen(from);
 	to = argv[2];
 	nto = strlen(to);
+	/* Where send() has no MSG_NOSIGNAL, a closed peer must not kill us. */
+	signal(SIGPIPE, SIG_IGN);
 	tcpproxy_config_init(&cfg);
 	cfg.local_host = argv[3];
 	cfg.local_port = argv[4];

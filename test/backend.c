@@ -22,6 +22,9 @@
  *               fill the accept queue ourselves so that further SYNs are
  *               dropped, and never accept
  *   freeport    print the line and exit; the port is then free
+ *   closed      bind a port without listening and hold it until killed:
+ *               connects to it are refused, and nothing else (a proxy
+ *               asking for port 0, say) can be given it meanwhile
  *
  * Report lines go to stdout, one write() each, so that children sharing
  * the file do not interleave.  CKSUM is FNV-1a 64 in hex.  The pattern is
@@ -285,11 +288,14 @@ listen_on(const char *host, const char *port, int backlog, char *name,
 	fd = socket(res->ai_family, res->ai_socktype, res->ai_protocol);
 	if (fd == -1)
 		die("socket:");
-	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+	/* A held port (backlog < 0) must not be shared with anyone. */
+	if (backlog >= 0)
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on,
+		    sizeof(on));
 	if (bind(fd, res->ai_addr, res->ai_addrlen) == -1)
 		die("bind %s:", host);
 	freeaddrinfo(res);
-	if (listen(fd, backlog) == -1)
+	if (backlog >= 0 && listen(fd, backlog) == -1)
 		die("listen:");
 	if (getsockname(fd, (struct sockaddr *)&ss, &sslen) == -1)
 		die("getsockname:");
@@ -379,7 +385,7 @@ usage(void)
 	fputs("usage: backend [-a secs] [-d ms] [-l host] [-p port] [-s seed] "
 	    "mode [N]\n"
 	    "modes: echo sink source N burst N reply N slow N blackhole "
-	    "freeport\n", stderr);
+	    "freeport closed\n", stderr);
 	exit(2);
 }
 
@@ -427,7 +433,7 @@ main(int argc, char *argv[])
 		count = parse_size(argv[1]);
 	if (!needs_count && strcmp(mode, "echo") != 0 &&
 	    strcmp(mode, "sink") != 0 && strcmp(mode, "blackhole") != 0 &&
-	    strcmp(mode, "freeport") != 0)
+	    strcmp(mode, "freeport") != 0 && strcmp(mode, "closed") != 0)
 		usage();
 
 	(void)setpgid(0, 0);
@@ -437,15 +443,15 @@ main(int argc, char *argv[])
 	signal(SIGCHLD, SIG_IGN);
 	alarm(guard);
 
-	lfd = listen_on(host, port, strcmp(mode, "blackhole") == 0 ? 0 : 512,
-	    name, sizeof(name));
+	lfd = listen_on(host, port, strcmp(mode, "blackhole") == 0 ? 0 :
+	    strcmp(mode, "closed") == 0 ? -1 : 512, name, sizeof(name));
 	if (strcmp(mode, "blackhole") == 0)
 		blackhole(lfd, host);
 	fprintf(stderr, "listening on %s\n", name);
 	fflush(stderr);
 	if (strcmp(mode, "freeport") == 0)
 		return 0;
-	if (strcmp(mode, "blackhole") == 0) {
+	if (strcmp(mode, "blackhole") == 0 || strcmp(mode, "closed") == 0) {
 		for (;;)
 			pause();
 	}

@@ -147,6 +147,15 @@ bad_usage() {
 	[[ $output == *nonexistent.invalid* ]]
 }
 
+@test "a remote address that is the proxy's own listener is refused at start-up" {
+	local port
+	port=$(free_port)
+	[ -n "$port" ]
+	run $LIMIT "$TCPPROXY" 127.0.0.1 "$port" 127.0.0.1 "$port"
+	[ "$status" -eq 1 ]
+	[[ ${lines[0]} == "tcpproxy: remote address 127.0.0.1:$port is the proxy's own listening address" ]]
+}
+
 @test "an unresolvable local host is a start-up failure with status 1" {
 	run $LIMIT "$TCPPROXY" nonexistent.invalid 0 127.0.0.1 80
 	[ "$status" -eq 1 ]

@@ -6,14 +6,17 @@ load helper
 
 @test "a refused connect closes the client, is logged, and the proxy keeps serving" {
 	local port
-	port=$(free_port)
-	[ -n "$port" ]
+	# A port held bound but not listening: refused, and not the proxy's.
+	start_backend closed
+	port=$BACKEND_PORT
 	start_proxy 127.0.0.1 0 127.0.0.1 "$port"
 	run "$CLIENT" -a 20 -r -g 0 127.0.0.1 "$PROXY_PORT"
 	[ "$status" -ne 124 ]
 	[[ $output == *"recv 0 "* ]]
 	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: close id=1 .*reason=connect-refused'
 	# Now something listens there: the same proxy serves the next client.
+	kill "$BACKEND_PID"
+	wait "$BACKEND_PID" 2>/dev/null || true
 	start_backend -p "$port" echo
 	run "$CLIENT" -a 20 -n 2 -g 10k 127.0.0.1 "$PROXY_PORT"
 	[ "$status" -eq 0 ]
