@@ -2271,7 +2271,7 @@ cli_data(void *user, void *bridge_data,
 	struct cli_bridge *cb = bridge_data;
 
 	(void)cap;
-	if (cb == NULL)
+	if (cb == NULL || *len == 0)	/* a last call: nothing held back */
 		return TCPPROXY_PASS;
 	if (c->hex != NULL)
 		hexdump(c->hex, info, dir, cb->off[dir],

@@ -4,25 +4,6 @@
 
 load helper
 
-# A wrongly accepted command line would start a proxy that never exits.
-LIMIT=
-if command -v timeout >/dev/null 2>&1; then
-	LIMIT="timeout 20"
-fi
-
-# bad_usage WORD ARGS...: tcpproxy ARGS exits 2, its first line is a
-# "tcpproxy: " message containing WORD, and a usage line follows.
-bad_usage() {
-	local word=$1
-	shift
-	run $LIMIT "$TCPPROXY" "$@"
-	echo "$output"
-	[ "$status" -eq 2 ]
-	[[ ${lines[0]} == "tcpproxy: "* ]]
-	[[ ${lines[0]} == *"$word"* ]]
-	printf '%s\n' "${lines[@]}" | grep -q '^usage: tcpproxy'
-}
-
 @test "no arguments is a usage error" {
 	bad_usage missing
 }

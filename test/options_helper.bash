@@ -1,24 +1,5 @@
 # options_helper.bash - what test/options.bats needs beyond helper.bash.
 
-# A wrongly accepted command line would start a proxy that never exits.
-LIMIT=
-if command -v timeout >/dev/null 2>&1; then
-	LIMIT="timeout 20"
-fi
-
-# bad_usage WORD ARGS...: tcpproxy ARGS exits 2, its first line is a
-# "tcpproxy: " message containing WORD, and a usage line follows.
-bad_usage() {
-	local word=$1
-	shift
-	run $LIMIT "$TCPPROXY" "$@"
-	echo "$output"
-	[ "$status" -eq 2 ]
-	[[ ${lines[0]} == "tcpproxy: "* ]]
-	[[ ${lines[0]} == *"$word"* ]]
-	printf '%s\n' "${lines[@]}" | grep -q '^usage: tcpproxy'
-}
-
 # need_socat: skips the test without socat, which can bind a client to
 # a chosen source address (test/client cannot).
 need_socat() {
