@@ -124,6 +124,12 @@
 #define SEND_FLAGS 0
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+#define NORETURN __attribute__((noreturn))
+#else
+#define NORETURN
+#endif
+
 #if EAGAIN == EWOULDBLOCK
 #define WOULD_BLOCK(e) ((e) == EAGAIN)
 #else
@@ -256,7 +262,7 @@ secs_to_ms(double secs)
 	if (secs > 1e9)
 		secs = 1e9;
 	ms = (long long)(secs * 1000);
-	return ms < secs * 1000 ? ms + 1 : ms;
+	return (double)ms < secs * 1000 ? ms + 1 : ms;
 }
 
 /* Formats one log line and hands it to the configured sink. */
@@ -443,6 +449,12 @@ resolve(const char *host, const char *port, int passive,
 	}
 	for (*n = 0, ai = *res; ai != NULL; ai = ai->ai_next)
 		(*n)++;
+	if (*n == 0) {
+		freeaddrinfo(*res);
+		fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': "
+		    "no address", host != NULL ? host : "*");
+		return -1;
+	}
 	return 0;
 }
 
@@ -769,14 +781,15 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 		bridge_touch(p, b);
 		f->taken += len;
 		f->tokens -= (double)len;
+		if (hooked(p))
+			len = flow_hook(p, b, s, start, len, 0);
+		f->len += len;
+		/* After the hook saw the chunk: its last call comes last. */
 		if (s == CLIENT && f->taken == p->cfg.max_bytes) {
 			/* As if the client had sent EOF right there. */
 			bridge_end(b, TCPPROXY_REASON_MAX_BYTES, 0);
 			side_eof(p, b, CLIENT);
 		}
-		if (hooked(p))
-			len = flow_hook(p, b, s, start, len, 0);
-		f->len += len;
 	}
 	if (f->off == f->len)
 		buf_give(p, f);
@@ -843,9 +856,13 @@ want(const struct tcpproxy *p, const struct bridge *b, int s)
 	int room = f->len - f->off + room_min(p) <= p->bufsize;
 	short ev = 0;
 
-	if (b->connecting)
-		return s == SERVER ? POLLOUT :
-		    (b->rd[s] && !f->resume && room ? POLLIN : 0);
+	if (b->connecting) {
+		if (s == SERVER)
+			ev = POLLOUT;
+		else if (b->rd[s] && !f->resume && room)
+			ev = POLLIN;
+		return ev;
+	}
 	if (b->rd[s] && !f->resume && room)
 		ev |= POLLIN;
 	if (b->wr[s] && b->flow[!s].buf != NULL)
@@ -999,10 +1016,11 @@ table_grow(struct tcpproxy *p)
 
 	if (p->nbridges < p->cap)
 		return 0;
-	if ((tab = realloc(p->tab, cap * sizeof(*tab))) == NULL)
+	if ((tab = realloc(p->tab, cap * sizeof(struct bridge *))) == NULL)
 		return -1;
 	p->tab = tab;
-	if ((tab = realloc(p->ready, cap * sizeof(*tab))) == NULL)
+	if ((tab = realloc(p->ready, cap * sizeof(struct bridge *))) ==
+	    NULL)
 		return -1;
 	p->ready = tab;
 	pfd = realloc(p->pfd, (1 + p->nlisten + 2 * cap) * sizeof(*pfd));
@@ -1488,6 +1506,21 @@ tcpproxy_config_init(struct tcpproxy_config *cfg)
 	cfg->verbosity = TCPPROXY_LOG_INFO;
 }
 
+/* Returns whether s is a port number 0..65535 (1.. if !zero_ok). */
+static int
+port_ok(const char *s, int zero_ok)
+{
+	size_t i;
+	long v;
+
+	for (i = 0; s[i] >= '0' && s[i] <= '9'; i++)
+		;
+	if (i == 0 || i > 5 || s[i] != '\0')
+		return 0;
+	v = strtol(s, NULL, 10);
+	return v <= 65535 && (zero_ok || v > 0);
+}
+
 /* Resolves the remote address into p->targets; returns 0 or -1. */
 static int
 targets_resolve(struct tcpproxy *p, const struct tcpproxy_config *cfg,
@@ -1535,7 +1568,7 @@ listeners_open(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 	struct addrinfo *res, *ai;
 	char name[ADDR_NAME_MAX];
 	size_t n;
-	int port = atoi(cfg->local_port), saved = 0;
+	int port = (int)strtol(cfg->local_port, NULL, 10), saved = 0;
 
 	if (resolve(cfg->local_host, cfg->local_port, 1, &res, &n, err,
 	    errlen) == -1)
@@ -1639,8 +1672,10 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	size_t i;
 	int saved;
 
+	/* getaddrinfo() takes "99999" on some systems: check ourselves. */
 	if (cfg == NULL || cfg->local_port == NULL ||
 	    cfg->remote_host == NULL || cfg->remote_port == NULL ||
+	    !port_ok(cfg->local_port, 1) || !port_ok(cfg->remote_port, 0) ||
 	    !(cfg->connect_timeout >= 0) || !(cfg->idle_timeout >= 0) ||
 	    !(cfg->grace >= 0))
 		return fail(err, errlen, EINVAL, "invalid configuration");
@@ -1854,7 +1889,7 @@ static struct tcpproxy *the_proxy;	/* for the signal handler only */
 static volatile sig_atomic_t got_signals;	/* for the worker parent */
 
 /* Prints a usage error naming the bad word, then the usage; exits 2. */
-static void
+static NORETURN void
 usage_error(const char *fmt, ...)
 {
 	va_list ap;
@@ -1869,7 +1904,7 @@ usage_error(const char *fmt, ...)
 }
 
 /* Prints a runtime error and exits 1. */
-static void
+static NORETURN void
 die(const char *fmt, ...)
 {
 	va_list ap;
@@ -1957,11 +1992,16 @@ static int
 parse_secs(const char *s, const char *opt, double *v, char *err)
 {
 	char *end = NULL;
+	int ok = 0;
 
+	/* Digits first: strtod() would also take "inf", "nan", " 1". */
 	errno = 0;
-	*v = (*s == '.' || (*s >= '0' && *s <= '9')) ? strtod(s, &end) : -1;
-	if (*v < 0 || end == s || *end != '\0' || errno != 0 ||
-	    !(*v >= 0) || *v > 1e9)
+	if (*s == '.' || (*s >= '0' && *s <= '9')) {
+		*v = strtod(s, &end);
+		ok = end != s && *end == '\0' && errno == 0 && *v >= 0 &&
+		    *v <= 1e9;
+	}
+	if (!ok)
 		return bad(err, "invalid %s '%s': not a number of seconds >= 0",
 		    opt, s);
 	return 0;
@@ -2231,9 +2271,9 @@ hexdump(FILE *f, const struct tcpproxy_bridge_info *info, int dir,
 		}
 		q += sprintf(q, "  |");
 		for (j = 0; j < 16 && i + j < len; j++)
-			*q++ = data[i + j] >= 0x20 && data[i + j] < 0x7f ?
-			    (char)data[i + j] : '.';
-		q += sprintf(q, "|\n");
+			*q++ = (char)(data[i + j] >= 0x20 &&
+			    data[i + j] < 0x7f ? data[i + j] : '.');
+		sprintf(q, "|\n");
 		fputs(line, f);
 	}
 	fflush(f);
@@ -2277,12 +2317,9 @@ cli_data(void *user, void *bridge_data,
 		hexdump(c->hex, info, dir, cb->off[dir],
 		    (const unsigned char *)data, *len);
 	if (c->dump_dir != NULL && !cb->dump_failed) {
-		if (cb->dump[dir] == NULL &&
-		    (cb->dump[dir] = dump_open(c, info, dir)) == NULL) {
-			fprintf(stderr, "tcpproxy: dump id=%lu: %s\n", info->id,
-			    strerror(errno));
-			cb->dump_failed = 1;
-		} else if (fwrite(data, 1, *len, cb->dump[dir]) != *len) {
+		if ((cb->dump[dir] == NULL &&
+		    (cb->dump[dir] = dump_open(c, info, dir)) == NULL) ||
+		    fwrite(data, 1, *len, cb->dump[dir]) != *len) {
 			fprintf(stderr, "tcpproxy: dump id=%lu: %s\n", info->id,
 			    strerror(errno));
 			cb->dump_failed = 1;
@@ -2547,7 +2584,7 @@ options_parse(struct options *o, int argc, char *argv[], char *err)
 	};
 	struct tcpproxy_config *cfg = &o->cfg;
 	struct cli *cli = &o->cli;
-	unsigned long long n;
+	unsigned long long n = 0;
 	int c, rc = 0;
 
 	memset(o, 0, sizeof(*o));
@@ -2712,7 +2749,7 @@ int
 main(int argc, char *argv[])
 {
 	static struct options o;
-	struct tcpproxy_hooks hooks;
+	static struct tcpproxy_hooks hooks;	/* o.cfg.hooks points here */
 	struct tcpproxy *p;
 	struct sigaction ign;
 	struct cli *cli = &o.cli;
