@@ -52,7 +52,15 @@
  *
  * Timeouts are uniform per kind, so two intrusive lists ordered by last
  * activity give the next deadline in O(1): connecting bridges (connect
- * timeout, per address tried) and established ones (idle timeout).
+ * timeout, per address tried) and established ones (idle timeout).  Flows
+ * paused by --rate sit on a third, unordered list, walked only while
+ * some flow is paused.
+ *
+ * A data hook sees each chunk between recv() and its queue.  It may hold
+ * bytes back or have more to add than its room: when a flow stops being
+ * read (flow_stop) the hook gets a last call with no bytes, and a hook
+ * that answered TCPPROXY_MORE is called again once its flow has drained,
+ * so nothing a hook took is lost while its receiver can still take it.
  */
 
 /* ---- feature-test macro and includes ---- */

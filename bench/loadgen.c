@@ -7,12 +7,12 @@
  *
  * One program, several modes:
  *
- *	loadgen serve [-p port] [host]		the backend
- *	loadgen port [host]			print a free port and exit
- *	loadgen up|down [-c n] [-d s] host port	bulk throughput
- *	loadgen rr [-c n] [-d s] [-s size] host port	round trips
- *	loadgen connrate [-c n] [-d s] host port	connections per second
- *	loadgen hold [-n n] [-d s] host port	hold idle connections
+ *	loadgen serve [-p port] [host]		  the backend
+ *	loadgen port [host]			  print a free port
+ *	loadgen up|down [-c n] [-d s] host port	  bulk throughput
+ *	loadgen rr [-c n] [-d s] [-s n] host port round trips
+ *	loadgen connrate [-c n] [-d s] host port  connections per second
+ *	loadgen hold [-n n] [-d s] host port	  hold idle connections
  *
  * The backend chooses what to do with a connection from its first byte,
  * so one backend port serves every test through any proxy:
@@ -58,23 +58,23 @@
 
 /* Tunables. */
 #ifndef BUFSZ
-#define BUFSZ		(64 * 1024)	/* bulk read and write size */
+#define BUFSZ (64 * 1024)	/* bulk read and write size */
 #endif
 #ifndef HIST_NS
-#define HIST_NS		100		/* latency histogram bucket, ns */
+#define HIST_NS 100		/* latency histogram bucket, ns */
 #endif
 #ifndef HIST_N
-#define HIST_N		1000000		/* buckets: 100 ms at 100 ns */
+#define HIST_N 1000000		/* buckets: 100 ms at 100 ns */
 #endif
 #ifndef HOLD_BATCH
-#define HOLD_BATCH	256		/* connects in flight when holding */
+#define HOLD_BATCH 256		/* connects in flight when holding */
 #endif
 #ifndef IO_TIMEOUT
-#define IO_TIMEOUT	10.0		/* seconds one exchange may take */
+#define IO_TIMEOUT 10.0		/* seconds one exchange may take */
 #endif
-#define CRATE_LEN	16		/* bytes of a connection-rate echo */
-#define HOLD_LEN	8		/* bytes of a hold check */
-#define PARK_SWEEP	1.0		/* seconds between parked sweeps */
+#define CRATE_LEN 16		/* bytes of a connection-rate echo */
+#define HOLD_LEN 8		/* bytes of a hold check */
+#define PARK_SWEEP 1.0		/* seconds between parked sweeps */
 
 /* A backend connection. */
 struct conn {
@@ -140,6 +140,7 @@ warn(const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
+/* Print the usage and exit 2. */
 static void
 usage(void)
 {
@@ -170,6 +171,7 @@ now(void)
 	return (double)now_ns() / 1e9;
 }
 
+/* Ask the hold mode to stop holding. */
 static void
 on_signal(int sig)
 {
@@ -177,6 +179,7 @@ on_signal(int sig)
 	stop_flag = 1;
 }
 
+/* The guard: a mode that overran its time exits 3. */
 static void
 on_alarm(int sig)
 {
@@ -666,9 +669,10 @@ bulk(int up, int streams, double dur)
 				n = write(p[i].fd, scratch, sizeof(scratch));
 			else
 				n = read(p[i].fd, scratch, sizeof(scratch));
-			if (n > 0)
+			if (n > 0) {
 				bytes += (unsigned long long)n;
-			else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+			} else if (n == 0 ||
+			    (errno != EAGAIN && errno != EINTR)) {
 				errors++;
 				close(p[i].fd);
 				p[i].fd = -1;
@@ -698,8 +702,8 @@ bulk(int up, int streams, double dur)
 				if (p[i].fd == -1 || p[i].revents == 0)
 					continue;
 				n = read(p[i].fd, scratch, 1);
-				dead = n == 0 ||
-				    (n == -1 && errno != EAGAIN && errno != EINTR);
+				dead = n == 0 || (n == -1 &&
+				    errno != EAGAIN && errno != EINTR);
 				if (n == 1 && scratch[0] == 'A')
 					acked++;
 				else if (n > 0 || dead)
@@ -927,9 +931,10 @@ connrate(int par, double dur)
 }
 
 /*
- * Take the n slots of cl through one 8-byte echo each: connecting first when connect is set, else on the connection
- * already held.  A slot ends CS_HELD on success, CS_DONE (closed) on
- * failure.  Return the number held.
+ * Take the n slots of cl through one 8-byte echo each: connecting first
+ * when connect is set, else on the connection already held.  A slot ends
+ * CS_HELD on success, CS_DONE (closed) on failure.  Return the number
+ * held.
  */
 static int
 hold_pass(struct cli *cl, int n, int connect, double limit)
@@ -976,14 +981,11 @@ hold_pass(struct cli *cl, int n, int connect, double limit)
 			fl[nfl++] = s;
 		}
 		if (nfl == 0) {
-			if (next < n) {	/* out of time */
-				for (; next < n; next++)
-					if (connect || cl[next].state != CS_HELD)
-						cl[next].state = CS_DONE;
-					else {
-						close(cl[next].fd);
-						cl[next].state = CS_DONE;
-					}
+			/* Out of time: what was not started fails. */
+			for (; next < n; next++) {
+				if (!connect && cl[next].state == CS_HELD)
+					close(cl[next].fd);
+				cl[next].state = CS_DONE;
 			}
 			break;
 		}
@@ -1090,6 +1092,7 @@ number(const char *s, int opt)
 	return d;
 }
 
+/* Run one mode; exit 0, 1 on a failure, 2 on a usage error. */
 int
 main(int argc, char *argv[])
 {
