@@ -116,7 +116,7 @@ on_data(void *user, void *bridge_data, const struct tcpproxy_bridge_info *info,
 		}
 	}
 	/* Only bytes past the last match may start a match yet to come. */
-	keep = bad || info->final ? 0 :
+	keep = bad || info->final || in.len == 0 ? 0 :
 	    tail_prefix(in.p + start, in.len - start);
 	if (!bad && start < in.len - keep)
 		bad = bytes_add(&out, in.p + start, in.len - keep - start) == -1;
