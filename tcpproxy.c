@@ -2761,7 +2761,8 @@ main(int argc, char *argv[])
 	struct tcpproxy *p;
 	struct sigaction ign;
 	struct cli *cli = &o.cli;
-	struct identity id;
+	/* Set by identity_lookup; -1 fails setgid() should it ever not be. */
+	struct identity id = { (uid_t)-1, (gid_t)-1 };
 	char err[ERRLEN];
 	int rc;
 
