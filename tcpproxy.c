@@ -2234,13 +2234,10 @@ cli_accept(void *user, const struct tcpproxy_bridge_info *info,
 	if (addr_key(info->client, key) == -1 || !acl_admits(c, key))
 		return TCPPROXY_CLOSE;
 	if (c->max_per_source > 0) {
-		if ((src = source_get(c, key)) == NULL)
+		/* A new record starts at 0, so it is never over the limit. */
+		if ((src = source_get(c, key)) == NULL ||
+		    src->count >= c->max_per_source)
 			return TCPPROXY_CLOSE;
-		if (src->count >= c->max_per_source) {
-			src->count++;
-			source_put(c, src);
-			return TCPPROXY_CLOSE;
-		}
 		src->count++;
 	}
 	if (src == NULL && c->hex == NULL && c->dump_dir == NULL)
