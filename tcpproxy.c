@@ -121,6 +121,9 @@
 #ifndef TCPPROXY_SCAN_SHARE
 #define TCPPROXY_SCAN_SHARE 4		/* cold scans get 1/(1+this) */
 #endif
+#ifndef TCPPROXY_SCAN_MAX
+#define TCPPROXY_SCAN_MAX 50		/* ms, at most between cold scans */
+#endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
 #endif
@@ -1218,8 +1221,9 @@ accept_pause(struct tcpproxy *p, int err)
 {
 	char msg[128];
 
-	snprintf(msg, sizeof(msg), "accept: %s; new clients wait until "
-	    "descriptors are free", strerror(err));
+	/* The same words on every libc: scripts grep for them. */
+	snprintf(msg, sizeof(msg), "out of file descriptors (%s); new "
+	    "clients wait until some are free", strerror(err));
 	note_once(p, &p->noted_nofd, msg);
 	p->accepting = ACCEPT_NOFD;
 	p->accept_retry = p->now + TCPPROXY_ACCEPT_RETRY;
@@ -1451,6 +1455,8 @@ poll_bridges(struct tcpproxy *p, int timeout_ms, size_t *scanned)
 		t0 = now_us();
 		n = poll(p->pfd, (nfds_t)(base + 2 * p->nbridges), 0);
 		wait = (now_us() - t0) * TCPPROXY_SCAN_SHARE / 1000;
+		if (wait > TCPPROXY_SCAN_MAX)	/* preempted: not our cost */
+			wait = TCPPROXY_SCAN_MAX;
 		p->next_scan = now_ms() + (wait < 1 ? 1 : wait);
 		return n;
 	}

@@ -65,7 +65,7 @@ max_rss_while() {
 		spawn single "hold$i" "$CLIENT" -g 0 -W 600000 127.0.0.1 "$PROXY_PORT"
 		pids+=("$SPAWNED")
 	done
-	wait_for 10 has_line "$PROXY_LOG" 'Too many open files'
+	wait_for 10 has_line "$PROXY_LOG" 'out of file descriptors'
 	kill -0 "$PROXY_PID"
 	before=$(cpu_ticks "$PROXY_PID")
 	# A bounded look for something that must not happen: a busy loop.
