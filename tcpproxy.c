@@ -116,7 +116,7 @@
 #define TCPPROXY_TIER_MIN 64		/* bridges before hot/cold polling */
 #endif
 #ifndef TCPPROXY_HOT_TTL
-#define TCPPROXY_HOT_TTL 1000		/* ms without I/O before cold */
+#define TCPPROXY_HOT_TTL 250		/* ms without I/O before cold */
 #endif
 #ifndef TCPPROXY_SCAN_SHARE
 #define TCPPROXY_SCAN_SHARE 8		/* cold scans get 1/(1+this) */
