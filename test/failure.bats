@@ -48,7 +48,7 @@ load helper
 	c2=$SPAWNED
 	wait_for 10 has_line "$PROXY_LOG" 'max-clients'
 	# A bounded look for something that must not happen: no bytes for c2.
-	sleep 1
+	observe_for 1
 	[ ! -s "$T/c2.out" ]
 	kill -0 "$c2"
 	[ "$(grep -c ' open id=' "$PROXY_LOG")" -eq 1 ]
@@ -99,7 +99,7 @@ load helper
 		echo "line $i at $(now_ms) ms"
 		echo "line$i" >&4
 		wait_for 10 grep -q "^line$i\$" "$T/c1.out"
-		sleep 0.2
+		observe_for 0.2	# pacing: the bridge must stay open meanwhile
 	done
 	exec 4>&-
 	wait_for 10 is_gone "$c1"

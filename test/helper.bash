@@ -218,3 +218,11 @@ bad_usage() {
 	[[ ${lines[0]} == *"$word"* ]]
 	printf '%s\n' "${lines[@]}" | grep -q '^usage: tcpproxy'
 }
+
+# observe_for SECS: lets SECS pass, bounded, while a test checks that
+# something does NOT happen (a waiting client gets no bytes, an idle
+# proxy uses no CPU).  Never used to wait for readiness: that is
+# wait_for's job.
+observe_for() {
+	sleep "$1"
+}
