@@ -10,6 +10,8 @@ TCPPROXY=$TOP/tcpproxy
 BACKEND=$TOP/test/backend
 CLIENT=$TOP/test/client
 LIBTEST=$TOP/test/libtest
+# How often the bounded polling loops below look again, in seconds.
+POLL_INTERVAL=0.05
 
 setup() {
 	local bin
@@ -49,7 +51,7 @@ teardown() {
 	n=0
 	while read -r kind pid; do
 		while kill -0 "$pid" 2>/dev/null && [ "$n" -lt 100 ]; do
-			sleep 0.05
+			sleep "$POLL_INTERVAL"
 			n=$((n + 1))
 		done
 		if kill -0 "$pid" 2>/dev/null; then
@@ -79,7 +81,7 @@ wait_for() {
 			echo "wait_for: gave up on: $*" >&2
 			return 1
 		fi
-		sleep 0.05
+		sleep "$POLL_INTERVAL"
 	done
 }
 

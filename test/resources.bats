@@ -12,7 +12,7 @@ max_rss_while() {
 	while [ "$n" -gt 0 ]; do
 		r=$(rss_kb "$pid")
 		[ "${r:-0}" -gt "$max" ] && max=$r
-		sleep 0.05
+		sleep "$POLL_INTERVAL"
 		n=$((n - 1))
 	done
 	echo "$max"
