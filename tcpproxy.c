@@ -39,11 +39,15 @@
  * poll() costs time for every descriptor it is given, idle or not: with
  * thousands of idle bridges, each round would cost milliseconds.  So the
  * table is split: hot bridges (I/O in the last TCPPROXY_HOT_TTL ms) come
- * first and are polled every round; cold ones are polled with them only
- * every few rounds, so that scanning them takes at most a ninth of the
- * time.  A cold bridge waits at most that interval to be noticed, which
- * with few bridges is next to nothing; below TCPPROXY_TIER_MIN bridges
- * every round polls everything.
+ * first and are polled every round; cold ones are swept a slice at a time
+ * between rounds, without waiting, each slice followed by a pause eight
+ * times what it cost, so sweeping takes at most a ninth of the time and
+ * no round stalls the hot bridges for more than one slice (a sweep of all
+ * of them at once would hold up a round trip by milliseconds).  A cold
+ * bridge waits at most one sweep, about TCPPROXY_SCAN_MAX ms with
+ * thousands, to be noticed; below TCPPROXY_TIER_MIN bridges, or with none
+ * hot, every round polls everything.  The sweep's cursor survives the
+ * moves of bridges between slots: see bridge_close.
  *
  * Buffers are fixed-size (buffer_size per direction) but attached to a
  * flow only while it holds bytes: a flow takes one from a small free list
@@ -122,7 +126,13 @@
 #define TCPPROXY_SCAN_SHARE 8		/* cold scans get 1/(1+this) */
 #endif
 #ifndef TCPPROXY_SCAN_MAX
-#define TCPPROXY_SCAN_MAX 50		/* ms, at most between cold scans */
+#define TCPPROXY_SCAN_MAX 50		/* ms, at most for a cold sweep */
+#endif
+#ifndef TCPPROXY_SLICE_MIN
+#define TCPPROXY_SLICE_MIN 64		/* bridges per cold slice, at least */
+#endif
+#ifndef TCPPROXY_SLICES
+#define TCPPROXY_SLICES 128		/* cold slices per sweep, at most */
 #endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
@@ -237,7 +247,8 @@ struct tcpproxy {
 	size_t nbridges, cap;
 	size_t nhot;			/* tab[0..nhot) are hot */
 	struct bridge **ready;		/* bridges with events this round */
-	long long next_scan;		/* us; next poll of the cold bridges */
+	size_t cursor;			/* next cold slot to poll */
+	long long next_scan;		/* us; next poll of a cold slice */
 	struct timer_list timers[2];
 	struct bridge *throttled;	/* bridges with a paused flow */
 	double burst;			/* --rate: token bucket size */
@@ -946,6 +957,8 @@ bridge_heat(struct tcpproxy *p, struct bridge *b)
 {
 	if (b->slot >= p->nhot)
 		slot_swap(p, b->slot, p->nhot++);
+	if (p->cursor < p->nhot)
+		p->cursor = p->nhot;
 }
 
 /* Moves a hot bridge to the cold part of the table. */
@@ -1109,7 +1122,15 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	buf_give(p, &b->flow[SERVER]);
 	timer_unlink(p, b);
 	throttle_unlink(p, b);
+	/*
+	 * The last bridge fills the slot.  The cold sweep has polled the
+	 * slots before the cursor: a slot there is filled by the last polled
+	 * bridge instead, so that the last bridge, not polled yet, lands
+	 * after the cursor and no cold bridge is skipped.
+	 */
 	bridge_cool(p, b);
+	if (b->slot < p->cursor)
+		slot_swap(p, b->slot, --p->cursor);
 	slot_swap(p, b->slot, p->nbridges - 1);
 	p->nbridges--;
 	free(b);
@@ -1462,52 +1483,111 @@ bridges_cool(struct tcpproxy *p)
 }
 
 /*
- * Polls the hot bridges, or every descriptor when the cold ones are due
- * (or there are few bridges, or none is hot).  Returns poll()'s result;
- * *scanned is how many bridges were polled.
+ * Polls the next slice of cold bridges without waiting, and sets [*lo,
+ * *hi) to its slots.  A sweep of the cold part goes slice by slice, so no
+ * round stalls the hot bridges for more than one slice; the pause after a
+ * slice is a multiple of what it cost, so sweeping takes a bounded share
+ * of the time, and a whole sweep at most about TCPPROXY_SCAN_MAX ms.
  */
 static int
-poll_bridges(struct tcpproxy *p, int timeout_ms, size_t *scanned)
+poll_cold_slice(struct tcpproxy *p, size_t *lo, size_t *hi)
 {
-	size_t base = 1 + p->nlisten;
-	long long t0, t1, wait;
+	size_t ncold = p->nbridges - p->nhot, len, nslices;
+	long long t0, t1, pause, most;
 	int n;
 
-	if (p->nbridges < TCPPROXY_TIER_MIN || p->nhot == 0) {
-		*scanned = p->nbridges;
-		return poll(p->pfd, (nfds_t)(base + 2 * p->nbridges),
-		    next_timeout(p, timeout_ms));
-	}
-	/* In microseconds: a scan of a thousand bridges is well under 1 ms. */
+	len = ncold / TCPPROXY_SLICES + 1;
+	if (len < TCPPROXY_SLICE_MIN)
+		len = TCPPROXY_SLICE_MIN;
+	nslices = (ncold + len - 1) / len;
+	if (p->cursor < p->nhot || p->cursor >= p->nbridges)
+		p->cursor = p->nhot;
+	if (len > p->nbridges - p->cursor)
+		len = p->nbridges - p->cursor;
+	*lo = p->cursor;
+	*hi = p->cursor + len;
+	/* In microseconds: a slice costs some tens of them. */
 	t0 = now_us();
-	if (t0 >= p->next_scan) {
-		/* Without waiting: a blocking poll of all would cost more. */
-		*scanned = p->nbridges;
-		n = poll(p->pfd, (nfds_t)(base + 2 * p->nbridges), 0);
-		t1 = now_us();
-		wait = (t1 - t0) * TCPPROXY_SCAN_SHARE;
-		if (wait > TCPPROXY_SCAN_MAX * 1000LL)	/* preempted */
-			wait = TCPPROXY_SCAN_MAX * 1000LL;
-		p->next_scan = t1 + wait;
-		return n;
-	}
-	*scanned = p->nhot;
-	wait = (p->next_scan - t0 + 999) / 1000;
+	n = poll(slot_pfd(p, *lo, CLIENT), (nfds_t)(2 * len), 0);
+	t1 = now_us();
+	p->cursor = *hi;
+	pause = (t1 - t0) * TCPPROXY_SCAN_SHARE;
+	most = TCPPROXY_SCAN_MAX * 1000LL / (long long)(nslices + 1);
+	if (pause > most)		/* preempted, or many slices */
+		pause = most;
+	p->next_scan = t1 + pause;
+	return n;
+}
+
+/*
+ * Polls the hot bridges, after the next cold slice when one is due; or
+ * every descriptor when there are few bridges or none is hot.  Returns
+ * how many descriptors have events; sets *nhot to the first *nhot slots
+ * polled (besides the wake pipe and listeners), and [*lo, *hi) to the
+ * cold slots polled.  *swept tells that the last cold slot was polled.
+ */
+static int
+poll_bridges(struct tcpproxy *p, int timeout_ms, size_t *nhot, size_t *lo,
+    size_t *hi, int *swept)
+{
+	size_t base = 1 + p->nlisten;
+	long long t, wait;
+	int n, cold = 0;
+
+	*lo = *hi = 0;
+	*swept = 0;
 	timeout_ms = next_timeout(p, timeout_ms);
-	if (timeout_ms < 0 || timeout_ms > wait)
+	if (p->nbridges < TCPPROXY_TIER_MIN || p->nhot == 0) {
+		*nhot = p->nbridges;
+		p->cursor = p->nhot;
+		return poll(p->pfd, (nfds_t)(base + 2 * p->nbridges),
+		    timeout_ms);
+	}
+	t = now_us();
+	if (t >= p->next_scan) {
+		cold = poll_cold_slice(p, lo, hi);
+		if (cold == -1)
+			return -1;
+		*swept = *hi == p->nbridges;
+	}
+	*nhot = p->nhot;
+	/* Milliseconds, rounded up: the next slice is never early. */
+	wait = (p->next_scan - t + 999) / 1000;
+	if (cold > 0)
+		timeout_ms = 0;
+	else if (timeout_ms < 0 || timeout_ms > wait)
 		timeout_ms = (int)wait;
-	return poll(p->pfd, (nfds_t)(base + 2 * p->nhot), timeout_ms);
+	n = poll(p->pfd, (nfds_t)(base + 2 * p->nhot), timeout_ms);
+	return n == -1 ? -1 : n + cold;
+}
+
+/* Copies the events of the bridges in slots [lo, hi) to them, and
+ * queues those with any on p->ready; returns the new queue length. */
+static size_t
+bridges_collect(struct tcpproxy *p, size_t lo, size_t hi, size_t nready)
+{
+	size_t k;
+
+	for (k = lo; k < hi; k++) {
+		struct bridge *b = p->tab[k];
+
+		b->rev[CLIENT] = slot_pfd(p, k, CLIENT)->revents;
+		b->rev[SERVER] = slot_pfd(p, k, SERVER)->revents;
+		if ((b->rev[CLIENT] | b->rev[SERVER]) != 0)
+			p->ready[nready++] = b;
+	}
+	return nready;
 }
 
 int
 tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 {
-	size_t k, i, nready = 0, scanned;
-	int n, full;
+	size_t k, i, nready = 0, nhot, lo, hi;
+	int n, swept;
 
 	if (p->stopping && p->nbridges == 0)
 		return 0;
-	n = poll_bridges(p, timeout_ms, &scanned);
+	n = poll_bridges(p, timeout_ms, &nhot, &lo, &hi, &swept);
 	if (n == -1)
 		return errno == EINTR ? 1 : -1;
 	p->now = now_ms();
@@ -1517,20 +1597,13 @@ tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 	 * Collect first, then handle: handling closes and moves bridges
 	 * around the table, but never frees another bridge than its own.
 	 */
-	for (k = 0; n > 0 && k < scanned; k++) {
-		struct bridge *b = p->tab[k];
-
-		b->rev[CLIENT] = slot_pfd(p, k, CLIENT)->revents;
-		b->rev[SERVER] = slot_pfd(p, k, SERVER)->revents;
-		if ((b->rev[CLIENT] | b->rev[SERVER]) != 0) {
-			p->ready[nready++] = b;
-			n -= (b->rev[CLIENT] != 0) + (b->rev[SERVER] != 0);
-		}
+	if (n > 0) {
+		nready = bridges_collect(p, 0, nhot, nready);
+		nready = bridges_collect(p, lo, hi, nready);
 	}
-	full = scanned == p->nbridges;
 	for (k = 0; k < nready; k++)
 		(void)bridge_handle(p, p->ready[k]);
-	if (full && p->nbridges >= TCPPROXY_TIER_MIN)
+	if (swept)
 		bridges_cool(p);
 	for (i = 0; i < p->nlisten; i++)
 		if (p->pfd[1 + i].fd >= 0 && p->pfd[1 + i].revents != 0)

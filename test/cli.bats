@@ -111,7 +111,7 @@ load helper
 	kill -TERM "$PROXY_PID"
 	wait_for 10 is_gone "$PROXY_PID"
 	has_line "$PROXY_LOG" '^tcpproxy: listening on '
-	! has_line "$PROXY_LOG" ' (open|close) id='
+	no_line "$PROXY_LOG" ' (open|close) id='
 }
 
 @test "a local address in use is a start-up failure with status 1" {

@@ -18,7 +18,8 @@
  *
  * Parallel echo check (-n K): open K connections, send -g N pattern bytes
  * on each (seed -s plus the connection's index), check that exactly those
- * bytes come back, byte for byte, then close; prints "ok K".
+ * bytes come back, byte for byte, then close; prints "ok K".  With -W ms
+ * the connections sit idle that long, once all are open, before sending.
  *
  * Exit status: 0 fine, 1 connect or I/O error, 3 wrong bytes, 124 when
  * the alarm() guard (-a secs) fires.  CKSUM and the pattern are those of
@@ -415,6 +416,14 @@ run_many(const char *host, const char *port, int k)
 		set_nonblock(c[i].fd);
 		pattern_init(&c[i].tx, seed + (unsigned long)i);
 		pattern_init(&c[i].rx, seed + (unsigned long)i);
+	}
+	if (opt_wait > 0) {
+		struct timespec ts;
+
+		ts.tv_sec = opt_wait / 1000;
+		ts.tv_nsec = opt_wait % 1000 * 1000000;
+		while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+			;
 	}
 	while (open_conns > 0) {
 		for (i = 0; i < k; i++) {

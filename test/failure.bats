@@ -105,5 +105,5 @@ load helper
 	wait_for 10 is_gone "$c1"
 	[ "$(wc -l <"$T/c1.out")" -eq 12 ]
 	wait_for 10 has_line "$PROXY_LOG" ' close id=1 .*reason=client-closed'
-	! has_line "$PROXY_LOG" 'idle-timeout'
+	no_line "$PROXY_LOG" 'idle-timeout'
 }

@@ -151,6 +151,12 @@ has_line() {
 	grep -Eq -- "$2" "$1"
 }
 
+# no_line FILE REGEX: FILE exists and has no line matching REGEX.  (A
+# bare "! has_line" would not fail a test: errexit ignores "!" commands.)
+no_line() {
+	[ -e "$1" ] && ! grep -Eq -- "$2" "$1"
+}
+
 # lines_in FILE: prints the number of lines in FILE (0 if missing).
 lines_in() {
 	if [ -f "$1" ]; then

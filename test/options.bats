@@ -127,7 +127,7 @@ EOF
 	[ "$(field "$BACKEND_OUT" recv | cut -d' ' -f1)" = 6 ]
 	wait_for 10 has_line "$PROXY_LOG" ' close id=2 '
 	# The refused client never got as far as the server.
-	! has_line "$PROXY_LOG" ' open id=1 '
+	no_line "$PROXY_LOG" ' open id=1 '
 	[ "$(grep -c '^recv ' "$BACKEND_OUT")" -eq 1 ]
 }
 
@@ -179,7 +179,7 @@ EOF
 	run "$CLIENT" -a 30 -r -g 10k ::1 "$PROXY_PORT"
 	[[ $output != *"recv 10240 "* ]]
 	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: refuse id=1 '
-	! has_line "$PROXY_LOG" ' open id='
+	no_line "$PROXY_LOG" ' open id='
 }
 
 @test "malformed CIDR blocks are usage errors naming them" {
@@ -322,7 +322,7 @@ EOF
 	has_line "/proc/$PROXY_PID/status" "^Uid:[[:space:]]+$uid[[:space:]]+$uid[[:space:]]+$uid[[:space:]]+$uid\$"
 	has_line "/proc/$PROXY_PID/status" "^Gid:[[:space:]]+$gid[[:space:]]+$gid[[:space:]]+$gid[[:space:]]+$gid\$"
 	has_line "/proc/$PROXY_PID/status" "^Groups:[[:space:]]*$gid[[:space:]]*\$"
-	! has_line "$PROXY_LOG" 'running as root'
+	no_line "$PROXY_LOG" 'running as root'
 }
 
 @test "--user takes a group after a colon" {

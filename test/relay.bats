@@ -63,6 +63,55 @@ load helper
 	[ "$(grep -c ' up=65536 down=65536 ' "$PROXY_LOG")" -eq 200 ]
 }
 
+# Starts a client that keeps one bridge busy, echoing zeros, and waits
+# until the proxy has opened it as bridge 1.
+start_busy_bridge() {
+	SPAWN_STDIN=/dev/zero spawn single busy "$CLIENT" -r 127.0.0.1 \
+	    "$PROXY_PORT"
+	wait_for 10 has_line "$PROXY_LOG" " open id=1 "
+}
+
+@test "bridges idle long enough to go cold are served while one stays busy" {
+	start_backend echo
+	proxy_to_backend
+	start_busy_bridge
+	# 250 bridges that stay idle, and behind them 50 more that sit idle
+	# for well over the 250 ms that cools them and then echo.  With more
+	# than 64 bridges and one busy, the proxy polls the idle ones a slice
+	# at a time: the 50 are found only if the sweep goes past the first.
+	spawn single idle "$CLIENT" -a 900 -n 250 -W 600000 -g 1 \
+	    127.0.0.1 "$PROXY_PORT"
+	wait_for 20 eval '[ "$(grep -c " open id=" "$PROXY_LOG")" -ge 251 ]'
+	run "$CLIENT" -a 60 -n 50 -W 1500 -g 4k -s 11 127.0.0.1 "$PROXY_PORT"
+	[ "$status" -eq 0 ]
+	[ "$output" = "ok 50" ]
+	no_line "$PROXY_LOG" " close id=1 "
+}
+
+@test "cold bridges are served while others come and go" {
+	start_backend echo
+	proxy_to_backend
+	start_busy_bridge
+	# As above, while short clients open and close bridges, which moves
+	# the idle ones between slots during the sweeps.
+	spawn single many "$CLIENT" -a 60 -n 300 -W 1500 -g 4k -s 11 \
+	    127.0.0.1 "$PROXY_PORT"
+	local many=$SPAWNED churned=0
+	while kill -0 "$many" 2>/dev/null; do
+		run "$CLIENT" -a 20 -n 4 -g 1k -s "$churned" 127.0.0.1 \
+		    "$PROXY_PORT"
+		[ "$status" -eq 0 ]
+		churned=$((churned + 1))
+		[ "$churned" -lt 2000 ]
+	done
+	wait "$many"
+	[ "$(cat "$T/many.out")" = "ok 300" ]
+	[ "$churned" -gt 0 ]
+	wait_for 20 eval '[ "$(grep -c " close id=" "$PROXY_LOG")" -eq \
+	    $((300 + 4 * churned)) ]'
+	no_line "$PROXY_LOG" " close id=1 "
+}
+
 @test "open and close lines name both ends, the byte counts and a reason" {
 	start_backend echo
 	proxy_to_backend
