@@ -168,6 +168,12 @@ struct tcpproxy_config {
 	/* Bytes per second each direction of a bridge may read (a token
 	 * bucket of 1/20 s; reads wait, nothing is dropped).  0: no limit. */
 	unsigned long long rate;
+	/* After a round with I/O, keep polling without waiting for this many
+	 * microseconds (at most 1,000,000) before poll() may sleep: a round
+	 * trip no longer waits for the process to be woken, for a core kept
+	 * busy while traffic flows.  Only while at most 8 bridges are polled
+	 * each round.  0: sleep at once (no CPU when idle). */
+	unsigned long busy_poll;
 	int verbosity;			/* highest tcpproxy_log_level logged */
 	/* Where log lines go; NULL writes "tcpproxy: LINE\n" to stderr. */
 	void (*log)(void *log_user, int level, const char *line);

@@ -249,6 +249,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(cfg->grace >= 0 && cfg->grace <= 1e9);
 		CHECK(cfg->max_clients <= 1000000000UL);
 		CHECK(o.cli.max_per_source <= 1000000000UL);
+		CHECK(cfg->busy_poll <= TCPPROXY_BUSY_POLL_MAX);
 		CHECK(cfg->verbosity >= TCPPROXY_LOG_ERROR &&
 		    cfg->verbosity <= TCPPROXY_LOG_DEBUG);
 		check_hooks(&o, data, size);

@@ -13,8 +13,9 @@
  * which hooks are set (none; on_close only; on_accept + on_close, which
  * refuses some clients; all three, with an on_data that edits, grows,
  * shrinks, drops, closes, asks for more and adds at the final call), a
- * small buffer, max-bytes, max-clients; with max-bytes, byte 1 may also
- * turn on a 2 ms idle timeout or a server port that refuses.
+ * small buffer, max-bytes, max-clients, busy polling; with max-bytes,
+ * byte 1 may also turn on a 2 ms idle timeout or a server port that
+ * refuses.
  *
  * Checked, all with abort() so libFuzzer reports a crash:
  *  - every byte an end receives is the next byte of what the other end
@@ -775,6 +776,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if ((conf & 0x18) == 0x18)
 		cfg.max_clients = 1 + (conf >> 6);
+	/* Without bit 3, bit 5 turns on --busy-poll. */
+	if ((conf & 0x28) == 0x20)
+		cfg.busy_poll = 100;
 	memset(&R.hooks, 0, sizeof(R.hooks));
 	if (R.hookmode != HOOKS_NONE) {
 		R.hooks.on_close = h_close;

@@ -264,6 +264,73 @@ EOF
 	bad_usage "'x'" --rate x 127.0.0.1 0 127.0.0.1 80
 }
 
+# ---- --busy-poll ----
+
+# Sends a line every 10 ms or so for about a second through the proxy,
+# with the echoes in $T/trickle; prints the proxy's CPU ticks meanwhile.
+trickle_ticks() {
+	local before after i
+	before=$(cpu_ticks "$PROXY_PID")
+	for i in $(seq 100); do
+		echo "line $i"
+		sleep 0.01
+	done | "$CLIENT" -a 30 -w 127.0.0.1 "$PROXY_PORT" >"$T/trickle"
+	after=$(cpu_ticks "$PROXY_PID")
+	echo $((after - before))
+}
+
+@test "--busy-poll keeps a core polling while traffic flows, and sleeps once it stops" {
+	local busy quiet lazy before after
+	need_proc
+	start_backend echo
+	proxy_to_backend --busy-poll 50000
+	busy=$(trickle_ticks)
+	[ "$(wc -l <"$T/trickle")" -eq 100 ]
+	wait_for 10 has_line "$PROXY_LOG" " close id=1 "
+	before=$(cpu_ticks "$PROXY_PID")
+	# A bounded look for something that must not happen: a busy loop.
+	observe_for 1
+	after=$(cpu_ticks "$PROXY_PID")
+	quiet=$((after - before))
+	# The same traffic through a proxy without it.
+	proxy_to_backend
+	lazy=$(trickle_ticks)
+	[ "$(wc -l <"$T/trickle")" -eq 100 ]
+	echo "cpu ticks: busy-poll $busy, then idle $quiet, without $lazy"
+	[ "$busy" -ge 25 ]
+	[ "$quiet" -le 10 ]
+	[ "$lazy" -le 10 ]
+}
+
+@test "--busy-poll sleeps as usual with more than 8 bridges to poll" {
+	local ticks
+	need_proc
+	start_backend echo
+	proxy_to_backend --busy-poll 50000
+	spawn single idle "$CLIENT" -a 900 -n 10 -W 600000 -g 1 127.0.0.1 \
+	    "$PROXY_PORT"
+	wait_for 10 eval '[ "$(grep -c " open id=" "$PROXY_LOG")" -eq 10 ]'
+	ticks=$(trickle_ticks)
+	[ "$(wc -l <"$T/trickle")" -eq 100 ]
+	echo "cpu ticks with 11 bridges: $ticks"
+	[ "$ticks" -le 10 ]
+}
+
+@test "with --busy-poll 200 concurrent clients each get their own bytes back" {
+	start_backend echo
+	proxy_to_backend --busy-poll 1000
+	run "$CLIENT" -n 200 -g 64k -s 5 127.0.0.1 "$PROXY_PORT"
+	[ "$status" -eq 0 ]
+	[ "$output" = "ok 200" ]
+}
+
+@test "bad --busy-poll values are usage errors naming them" {
+	bad_usage "'0'" --busy-poll 0 127.0.0.1 0 127.0.0.1 80
+	bad_usage "'1000001'" --busy-poll 1000001 127.0.0.1 0 127.0.0.1 80
+	bad_usage "'-5'" --busy-poll -5 127.0.0.1 0 127.0.0.1 80
+	bad_usage "'x'" --busy-poll x 127.0.0.1 0 127.0.0.1 80
+}
+
 # ---- --max-per-source ----
 
 @test "--max-per-source refuses one bridge too many from an address, not from others" {
