@@ -39,26 +39,33 @@
  * poll() costs time for every descriptor it is given, idle or not: with
  * thousands of idle bridges, each round would cost milliseconds.  So the
  * table is split: hot bridges (I/O in the last TCPPROXY_HOT_TTL ms) come
- * first and are polled every round; cold ones are swept a slice at a time
- * between rounds, without waiting, each slice followed by a pause eight
- * times what it cost, so sweeping takes at most a ninth of the time and
- * no round stalls the hot bridges for more than one slice (a sweep of all
- * of them at once would hold up a round trip by milliseconds).  A cold
- * bridge waits at most one sweep, about TCPPROXY_SCAN_MAX ms with
- * thousands, to be noticed; below TCPPROXY_TIER_MIN bridges, or with none
- * hot, every round polls everything.  The sweep's cursor survives the
- * moves of bridges between slots: see bridge_close.
+ * first and are polled every round; cold ones are swept a slice at a time,
+ * a slice polled without waiting at the start of a round when one is due,
+ * each slice followed by a pause eight times what it cost, so sweeping
+ * takes at most a ninth of the time and no round stalls the hot bridges
+ * for more than a slice or so (a sweep of all of them at once would hold
+ * up a round trip by milliseconds).  A cold bridge waits at most one
+ * sweep, about TCPPROXY_SCAN_MAX ms with thousands, to be noticed; below
+ * TCPPROXY_TIER_MIN bridges, or with none hot, every round polls
+ * everything.  The sweep's cursor survives the moves of bridges between
+ * slots: see bridge_close.
+ *
+ * With --busy-poll, a round after one with events polls without waiting
+ * for a while, instead of sleeping (see poll_busy).
  *
  * Buffers are fixed-size (buffer_size per direction) but attached to a
  * flow only while it holds bytes: a flow takes one from a small free list
  * when it reads and gives it back when it drains, so an idle bridge costs
  * only its record, and the hot path never calls malloc.
  *
- * Timeouts are uniform per kind, so two intrusive lists ordered by last
+ * Timeouts are uniform per kind, so intrusive lists ordered by last
  * activity give the next deadline in O(1): connecting bridges (connect
- * timeout, per address tried) and established ones (idle timeout).  Flows
- * paused by --rate sit on a third, unordered list, walked only while
- * some flow is paused.
+ * timeout, per address tried), established ones (idle timeout), and
+ * bridges whose client was accepted but whose server socket could not be
+ * made for want of a descriptor: they wait, first come first served, for
+ * a bridge to close (at most the connect timeout), rather than have their
+ * client dropped.  Flows paused by --rate sit on a fourth, unordered
+ * list, walked only while some flow is paused.
  *
  * A data hook sees each chunk between recv() and its queue.  It may hold
  * bytes back or have more to add than its room: when a flow stops being
@@ -134,6 +141,9 @@
 #ifndef TCPPROXY_SLICES
 #define TCPPROXY_SLICES 128		/* cold slices per sweep, at most */
 #endif
+#ifndef TCPPROXY_LATE
+#define TCPPROXY_LATE 8			/* slices a late round may poll */
+#endif
 #ifndef TCPPROXY_BUSY_POLL_MAX
 #define TCPPROXY_BUSY_POLL_MAX 1000000	/* us, the most --busy-poll takes */
 #endif
@@ -191,7 +201,7 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
 
 /* ---- types ---- */
 enum { CLIENT = 0, SERVER = 1 };
-enum { TIMER_CONNECT = 0, TIMER_IDLE = 1, TIMER_NONE = 2 };
+enum { TIMER_CONNECT = 0, TIMER_IDLE, TIMER_FDWAIT, TIMER_NONE };
 enum { ACCEPT_ON = 0, ACCEPT_FULL, ACCEPT_NOFD, ACCEPT_OFF };
 enum { MORE_NONE = 0, MORE_DRAINED, MORE_FINAL };
 
@@ -256,7 +266,9 @@ struct tcpproxy {
 	size_t cursor;			/* next cold slot to poll */
 	long long busy_until;		/* us; poll without waiting till then */
 	long long next_scan;		/* us; next poll of a cold slice */
-	struct timer_list timers[2];
+	long long slice_period;		/* us; a slice and its pause, > 0 */
+	struct timer_list timers[TIMER_NONE];
+	int fd_freed;			/* a descriptor may be free for FDWAIT */
 	struct bridge *throttled;	/* bridges with a paused flow */
 	double burst;			/* --rate: token bucket size */
 	char **spare;			/* free buffers */
@@ -579,7 +591,10 @@ timer_unlink(struct tcpproxy *p, struct bridge *b)
 	b->timer = TIMER_NONE;
 }
 
-/* Puts b at the tail of list t (if that list is in use), as of now. */
+/*
+ * Puts b at the tail of list t, as of now.  Lists without a timeout are
+ * not kept, but for TIMER_FDWAIT, which is also the queue of waiters.
+ */
 static void
 timer_set(struct tcpproxy *p, struct bridge *b, int t)
 {
@@ -587,7 +602,7 @@ timer_set(struct tcpproxy *p, struct bridge *b, int t)
 
 	timer_unlink(p, b);
 	b->last = p->now;
-	if (l->timeout == 0)
+	if (l->timeout == 0 && t != TIMER_FDWAIT)
 		return;
 	b->timer = (unsigned char)t;
 	b->prev = l->tail;
@@ -978,7 +993,8 @@ bridge_cool(struct tcpproxy *p, struct bridge *b)
 
 /*
  * Starts a nonblocking connect to the current target or, failing that,
- * to the next ones.  Returns 0 if a connect is under way or done, -1 when
+ * to the next ones.  Returns 0 if a connect is under way or done, or the
+ * bridge waits for a descriptor (on TIMER_FDWAIT, server fd -1); -1 when
  * no address is left (the reason is recorded).
  */
 static int
@@ -993,9 +1009,17 @@ server_connect(struct tcpproxy *p, struct bridge *b)
 		say(p, TCPPROXY_LOG_DEBUG, "connect id=%lu server=%s",
 		    b->id, t->name);
 		fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_FLAGS, 0);
+		if (fd == -1 && (errno == EMFILE || errno == ENFILE)) {
+			/* Wait for a bridge to close; in line, if already. */
+			if (b->timer != TIMER_FDWAIT)
+				timer_set(p, b, TIMER_FDWAIT);
+			b->connecting = 1;
+			accept_pause(p, errno);
+			return 0;
+		}
 		if (fd == -1) {
 			err = errno;
-			break;	/* out of descriptors: no use trying more */
+			break;
 		}
 		if (sock_prepare(fd) == -1) {
 			err = errno;
@@ -1141,7 +1165,9 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	slot_swap(p, b->slot, p->nbridges - 1);
 	p->nbridges--;
 	free(b);
-	/* A descriptor and a slot are free: accepting may resume. */
+	/* Descriptors and a slot are free: waiters, then accepting. */
+	if (p->timers[TIMER_FDWAIT].head != NULL)
+		p->fd_freed = 1;
 	if (p->accepting == ACCEPT_FULL || p->accepting == ACCEPT_NOFD) {
 		p->accepting = ACCEPT_ON;
 		listeners_update(p);
@@ -1379,6 +1405,12 @@ timers_expire(struct tcpproxy *p)
 		bridge_end(b, TCPPROXY_REASON_IDLE_TIMEOUT, 0);
 		bridge_close(p, b);
 	}
+	l = &p->timers[TIMER_FDWAIT];
+	while (l->timeout > 0 && (b = l->head) != NULL &&
+	    b->last + l->timeout <= p->now) {
+		bridge_end(b, TCPPROXY_REASON_CONNECT_FAILED, EMFILE);
+		bridge_close(p, b);
+	}
 	for (b = p->throttled; b != NULL; b = next) {
 		int s, paused = 0;
 
@@ -1398,8 +1430,35 @@ timers_expire(struct tcpproxy *p)
 		while (p->nbridges > 0)
 			bridge_close(p, p->tab[p->nbridges - 1]);
 	if (p->accepting == ACCEPT_NOFD && p->now >= p->accept_retry) {
+		/* Descriptors may have been freed elsewhere (ENFILE). */
+		if (p->timers[TIMER_FDWAIT].head != NULL)
+			p->fd_freed = 1;
 		p->accepting = ACCEPT_ON;
 		listeners_update(p);
+	}
+}
+
+/*
+ * Gives the bridges waiting for a descriptor their server connections,
+ * first come first served, until descriptors run out again.
+ */
+static void
+fdwait_connect(struct tcpproxy *p)
+{
+	struct bridge *b;
+
+	p->fd_freed = 0;
+	while ((b = p->timers[TIMER_FDWAIT].head) != NULL) {
+		b->connecting = 0;
+		if (server_connect(p, b) == 0 && b->timer == TIMER_FDWAIT)
+			break;		/* out of descriptors again */
+		if (b->timer == TIMER_FDWAIT) {
+			/* No address left: nothing read can be delivered. */
+			timer_unlink(p, b);
+			b->rd[CLIENT] = b->wr[CLIENT] = 0;
+			b->rd[SERVER] = b->wr[SERVER] = 0;
+		}
+		(void)bridge_settle(p, b);
 	}
 }
 
@@ -1411,9 +1470,13 @@ next_timeout(const struct tcpproxy *p, int limit)
 	long long when = -1, wait;
 	int t;
 
-	for (t = TIMER_CONNECT; t <= TIMER_IDLE; t++) {
+	if (p->fd_freed)
+		return 0;	/* waiters to serve first */
+	for (t = TIMER_CONNECT; t < TIMER_NONE; t++) {
 		b = p->timers[t].head;
 
+		if (p->timers[t].timeout == 0)
+			continue;
 		if (b != NULL && (when < 0 || b->last + p->timers[t].timeout <
 		    when))
 			when = b->last + p->timers[t].timeout;
@@ -1491,37 +1554,48 @@ bridges_cool(struct tcpproxy *p)
 
 /*
  * Polls the next slice of cold bridges without waiting, and sets [*lo,
- * *hi) to its slots.  A sweep of the cold part goes slice by slice, so no
- * round stalls the hot bridges for more than one slice; the pause after a
- * slice is a multiple of what it cost, so sweeping takes a bounded share
- * of the time, and a whole sweep at most about TCPPROXY_SCAN_MAX ms.
+ * *hi) to its slots; t0 is now, in microseconds.  A sweep of the cold
+ * part goes slice by slice, so no round stalls the hot bridges for more
+ * than a slice or so; the pause after a slice is a multiple of what it
+ * cost, so sweeping takes a bounded share of the time, and a whole sweep
+ * about TCPPROXY_SCAN_MAX ms at most.  poll() sleeps in whole
+ * milliseconds, longer than a pause: a round that comes late (the hot
+ * bridges were quiet) polls the slices due since, up to TCPPROXY_LATE.
  */
 static int
-poll_cold_slice(struct tcpproxy *p, size_t *lo, size_t *hi)
+poll_cold_slice(struct tcpproxy *p, long long t0, size_t *lo, size_t *hi)
 {
-	size_t ncold = p->nbridges - p->nhot, len, nslices;
-	long long t0, t1, pause, most;
+	size_t ncold = p->nbridges - p->nhot, len, nslices, due;
+	long long t1, pause, most;
 	int n;
 
+	if (p->cursor < p->nhot || p->cursor >= p->nbridges)
+		p->cursor = p->nhot;
+	*lo = *hi = p->cursor;
+	if (ncold == 0) {
+		/* All hot: no poll, but a sweep's end, when they may cool. */
+		p->next_scan = t0 + TCPPROXY_SCAN_MAX * 1000LL;
+		return 0;
+	}
 	len = ncold / TCPPROXY_SLICES + 1;
 	if (len < TCPPROXY_SLICE_MIN)
 		len = TCPPROXY_SLICE_MIN;
 	nslices = (ncold + len - 1) / len;
-	if (p->cursor < p->nhot || p->cursor >= p->nbridges)
-		p->cursor = p->nhot;
+	most = TCPPROXY_SCAN_MAX * 1000LL / (long long)(nslices + 1);
+	due = 1 + (size_t)((t0 - p->next_scan) / p->slice_period);
+	if (due > TCPPROXY_LATE)
+		due = TCPPROXY_LATE;
+	len *= due;
 	if (len > p->nbridges - p->cursor)
 		len = p->nbridges - p->cursor;
-	*lo = p->cursor;
 	*hi = p->cursor + len;
-	/* In microseconds: a slice costs some tens of them. */
-	t0 = now_us();
 	n = poll(slot_pfd(p, *lo, CLIENT), (nfds_t)(2 * len), 0);
 	t1 = now_us();
 	p->cursor = *hi;
 	pause = (t1 - t0) * TCPPROXY_SCAN_SHARE;
-	most = TCPPROXY_SCAN_MAX * 1000LL / (long long)(nslices + 1);
-	if (pause > most)		/* preempted, or many slices */
-		pause = most;
+	if (pause > most * (long long)due)	/* preempted, or many slices */
+		pause = most * (long long)due;
+	p->slice_period = (t1 - t0 + pause) / (long long)due + 1;
 	p->next_scan = t1 + pause;
 	return n;
 }
@@ -1560,13 +1634,14 @@ poll_busy(struct tcpproxy *p, size_t nfds, int timeout_ms)
 /*
  * Polls the hot bridges, after the next cold slice when one is due; or
  * every descriptor when there are few bridges or none is hot.  Returns
- * how many descriptors have events; sets *nhot to the first *nhot slots
- * polled (besides the wake pipe and listeners), and [*lo, *hi) to the
- * cold slots polled.  *swept tells that the last cold slot was polled.
+ * how many descriptors have events.  Sets *npolled to the number of
+ * bridges polled from slot 0 (with the wake pipe and listeners), [*lo,
+ * *hi) to the cold slots polled besides, and *swept when the last cold
+ * slot was among them.
  */
 static int
-poll_bridges(struct tcpproxy *p, int timeout_ms, size_t *nhot, size_t *lo,
-    size_t *hi, int *swept)
+poll_bridges(struct tcpproxy *p, int timeout_ms, size_t *npolled,
+    size_t *lo, size_t *hi, int *swept)
 {
 	size_t base = 1 + p->nlisten;
 	long long t, wait;
@@ -1576,18 +1651,18 @@ poll_bridges(struct tcpproxy *p, int timeout_ms, size_t *nhot, size_t *lo,
 	*swept = 0;
 	timeout_ms = next_timeout(p, timeout_ms);
 	if (p->nbridges < TCPPROXY_TIER_MIN || p->nhot == 0) {
-		*nhot = p->nbridges;
+		*npolled = p->nbridges;
 		p->cursor = p->nhot;
 		return poll_busy(p, base + 2 * p->nbridges, timeout_ms);
 	}
 	t = now_us();
 	if (t >= p->next_scan) {
-		cold = poll_cold_slice(p, lo, hi);
+		cold = poll_cold_slice(p, t, lo, hi);
 		if (cold == -1)
 			return -1;
 		*swept = *hi == p->nbridges;
 	}
-	*nhot = p->nhot;
+	*npolled = p->nhot;
 	/* Milliseconds, rounded up: the next slice is never early. */
 	wait = (p->next_scan - t + 999) / 1000;
 	if (cold > 0)
@@ -1619,12 +1694,12 @@ bridges_collect(struct tcpproxy *p, size_t lo, size_t hi, size_t nready)
 int
 tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 {
-	size_t k, i, nready = 0, nhot, lo, hi;
+	size_t k, i, nready = 0, npolled, lo, hi;
 	int n, swept;
 
 	if (p->stopping && p->nbridges == 0)
 		return 0;
-	n = poll_bridges(p, timeout_ms, &nhot, &lo, &hi, &swept);
+	n = poll_bridges(p, timeout_ms, &npolled, &lo, &hi, &swept);
 	if (n == -1)
 		return errno == EINTR ? 1 : -1;
 	if (n > 0 && p->cfg.busy_poll > 0)
@@ -1637,17 +1712,20 @@ tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 	 * around the table, but never frees another bridge than its own.
 	 */
 	if (n > 0) {
-		nready = bridges_collect(p, 0, nhot, nready);
+		nready = bridges_collect(p, 0, npolled, nready);
 		nready = bridges_collect(p, lo, hi, nready);
 	}
 	for (k = 0; k < nready; k++)
 		(void)bridge_handle(p, p->ready[k]);
 	if (swept)
 		bridges_cool(p);
+	timers_expire(p);
+	/* Bridges waiting for a descriptor go before new clients. */
+	if (p->fd_freed)
+		fdwait_connect(p);
 	for (i = 0; i < p->nlisten; i++)
 		if (p->pfd[1 + i].fd >= 0 && p->pfd[1 + i].revents != 0)
 			listener_accept(p, i);
-	timers_expire(p);
 	return p->stopping && p->nbridges == 0 ? 0 : 1;
 }
 
@@ -1841,12 +1919,14 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	p->cfg = *cfg;
 	p->cfg.local_host = p->cfg.local_port = NULL;
 	p->cfg.remote_host = p->cfg.remote_port = NULL;
+	p->slice_period = 1;
 	p->bufsize = cfg->buffer_size ? cfg->buffer_size :
 	    TCPPROXY_BUFFER_SIZE;
 	if (p->bufsize < room_min(p))
 		p->bufsize = room_min(p);
 	p->timers[TIMER_CONNECT].timeout = secs_to_ms(cfg->connect_timeout);
 	p->timers[TIMER_IDLE].timeout = secs_to_ms(cfg->idle_timeout);
+	p->timers[TIMER_FDWAIT].timeout = p->timers[TIMER_CONNECT].timeout;
 	/* A bucket of 1/20 s: smooth, yet reads stay worth a system call. */
 	p->burst = (double)cfg->rate / 20;
 	if (p->burst > (double)p->bufsize)
@@ -2803,8 +2883,13 @@ options_parse(struct options *o, int argc, char *argv[], char *err)
 			o->hex = 1;
 			break;
 		case OPT_BUSY_POLL:
-			rc = parse_size(optarg, "busy-poll",
-			    TCPPROXY_BUSY_POLL_MAX, &n, err);
+			/* Microseconds: no k, m or g. */
+			if (optarg[strspn(optarg, "0123456789")] != '\0')
+				rc = bad(err, "invalid busy-poll '%s': not a "
+				    "number of microseconds", optarg);
+			else
+				rc = parse_size(optarg, "busy-poll",
+				    TCPPROXY_BUSY_POLL_MAX, &n, err);
 			cfg->busy_poll = (unsigned long)n;
 			break;
 		case OPT_DUMP_DIR:

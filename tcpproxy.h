@@ -202,8 +202,10 @@ int tcpproxy_run(struct tcpproxy *p);
 
 /*
  * Runs one round of the poll loop, waiting at most timeout_ms (-1: until
- * something happens).  Returns 1 while the proxy runs, 0 once it has
- * stopped and every bridge is closed, -1 with errno set on failure.
+ * something happens, or a timer or the proxy's own bookkeeping, such as
+ * polling idle bridges or the end of a busy-poll spell, wants a round).
+ * Returns 1 while the proxy runs, 0 once it has stopped and every bridge
+ * is closed, -1 with errno set on failure.
  */
 int tcpproxy_step(struct tcpproxy *p, int timeout_ms);
 

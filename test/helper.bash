@@ -151,10 +151,13 @@ has_line() {
 	grep -Eq -- "$2" "$1"
 }
 
-# no_line FILE REGEX: FILE exists and has no line matching REGEX.  (A
-# bare "! has_line" would not fail a test: errexit ignores "!" commands.)
+# no_line FILE REGEX: FILE exists and has no line matching REGEX (grep
+# says 1: an error, 2, fails too).  A bare "! has_line" would not fail a
+# test: errexit ignores commands under "!".
 no_line() {
-	[ -e "$1" ] && ! grep -Eq -- "$2" "$1"
+	local rc=0
+	grep -Eq -- "$2" "$1" || rc=$?
+	[ "$rc" -eq 1 ]
 }
 
 # lines_in FILE: prints the number of lines in FILE (0 if missing).

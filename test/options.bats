@@ -319,7 +319,7 @@ trickle_ticks() {
 @test "with --busy-poll 200 concurrent clients each get their own bytes back" {
 	start_backend echo
 	proxy_to_backend --busy-poll 1000
-	run "$CLIENT" -n 200 -g 64k -s 5 127.0.0.1 "$PROXY_PORT"
+	run "$CLIENT" -a 60 -n 200 -g 64k -s 5 127.0.0.1 "$PROXY_PORT"
 	[ "$status" -eq 0 ]
 	[ "$output" = "ok 200" ]
 }
@@ -329,6 +329,7 @@ trickle_ticks() {
 	bad_usage "'1000001'" --busy-poll 1000001 127.0.0.1 0 127.0.0.1 80
 	bad_usage "'-5'" --busy-poll -5 127.0.0.1 0 127.0.0.1 80
 	bad_usage "'x'" --busy-poll x 127.0.0.1 0 127.0.0.1 80
+	bad_usage "'1k'" --busy-poll 1k 127.0.0.1 0 127.0.0.1 80
 }
 
 # ---- --max-per-source ----
@@ -445,7 +446,8 @@ trickle_ticks() {
 		[ "$n" -lt 20 ]
 	done
 	# Every bridge line says which worker ran it.
-	! grep -E ' (open|close) id=' "$PROXY_LOG" | grep -Ev ' worker=[12] '
+	[ -z "$(grep -E ' (open|close) id=' "$PROXY_LOG" |
+	    grep -Ev ' worker=[12] ')" ]
 	kill -TERM "$PROXY_PID"
 	wait_for 20 is_gone "$PROXY_PID"
 	wait "$PROXY_PID" || rc=$?

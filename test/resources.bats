@@ -83,6 +83,72 @@ max_rss_while() {
 	kill -0 "$PROXY_PID"
 }
 
+# fd_limit_leaving PID N: prints the descriptor limit that leaves PID
+# exactly N descriptors to open (new ones take the lowest free numbers
+# below the limit; inherited ones above it do not count).
+fd_limit_leaving() {
+	local l=0 free=0
+	while [ "$free" -lt "$2" ]; do
+		[ -e "/proc/$1/fd/$l" ] || free=$((free + 1))
+		l=$((l + 1))
+	done
+	echo "$l"
+}
+
+# Starts the proxy with -t SECS ($1) and room for two bridges and one
+# descriptor more, then two clients that hold their bridges open (pids in
+# HOLDERS): a third client is accepted, but its server connection cannot
+# be made until a descriptor is freed.
+proxy_at_fd_limit() {
+	local i
+	need_proc
+	command -v prlimit >/dev/null || skip "needs prlimit (util-linux)"
+	start_backend echo
+	proxy_to_backend -t "$1"
+	FD_BASE=$(fd_count "$PROXY_PID")
+	prlimit --pid "$PROXY_PID" \
+	    --nofile="$(fd_limit_leaving "$PROXY_PID" 5)"
+	HOLDERS=()
+	for i in 1 2; do
+		spawn single "hold$i" "$CLIENT" -g 0 -W 600000 127.0.0.1 \
+		    "$PROXY_PORT"
+		HOLDERS+=("$SPAWNED")
+	done
+	wait_for 10 eval '[ "$(grep -c " open id=" "$PROXY_LOG")" -eq 2 ]'
+}
+
+@test "a client accepted at the descriptor limit waits for a descriptor, then is served" {
+	proxy_at_fd_limit 30
+	printf 'late\n' >"$T/in"
+	SPAWN_STDIN=$T/in spawn single late "$CLIENT" -a 30 -k 5 127.0.0.1 \
+	    "$PROXY_PORT"
+	wait_for 10 has_line "$PROXY_LOG" 'out of file descriptors'
+	wait_for 10 has_line "$PROXY_LOG" ' open id=3 '
+	# Its client is in, its server connection is not: it waits.
+	[ "$(fd_count "$PROXY_PID")" -eq $((FD_BASE + 5)) ]
+	[ ! -s "$T/late.out" ]
+	# One holder leaves: its descriptors go to the waiting bridge.
+	kill -TERM "${HOLDERS[0]}"
+	wait_for 10 eval '[ "$(cat "$T/late.out")" = late ]'
+	wait_for 10 has_line "$PROXY_LOG" ' close id=3 .*reason=client-closed'
+	kill -TERM "${HOLDERS[1]}"
+	wait_for 10 eval '[ "$(fd_count "$PROXY_PID")" -eq "$FD_BASE" ]'
+}
+
+@test "a client waiting for a descriptor is closed after the connect timeout" {
+	local t0 t1
+	proxy_at_fd_limit 1
+	t0=$(now_ms)
+	run "$CLIENT" -a 30 -g 0 127.0.0.1 "$PROXY_PORT"
+	t1=$(now_ms)
+	echo "closed after $((t1 - t0)) ms"
+	[ "$status" -eq 0 ]
+	has_line "$PROXY_LOG" ' close id=3 .*reason=connect-failed error="[^"]+"'
+	[ $((t1 - t0)) -ge 900 ]
+	kill -0 "${HOLDERS[0]}" "${HOLDERS[1]}"
+	no_line "$PROXY_LOG" ' close id=[12] '
+}
+
 @test "after a storm of resets and vanished clients the proxy's descriptors return to their count" {
 	local before i pids=()
 	need_proc
