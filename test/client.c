@@ -14,6 +14,7 @@
  *   -k N   close after receiving N bytes
  *   -R     make any close of ours a reset (SO_LINGER 0)
  *   -W ms  read nothing for the first ms milliseconds
+ *   -P ms  with -g, send one byte at a time, ms milliseconds apart
  *   -r     print "sent N CKSUM" and "recv N CKSUM" instead of the data
  *
  * Parallel echo check (-n K): open K connections, send -g N pattern bytes
@@ -88,6 +89,7 @@ static int opt_shut, opt_close, opt_reset, opt_report;
 static unsigned long long opt_keep;
 static int use_keep;
 static long opt_wait;
+static long opt_pace;
 
 /* Prints "client: MSG" and exits 1; a format ending in ':' adds errno. */
 static void
@@ -277,7 +279,7 @@ run_one(const char *host, const char *port)
 	struct sum tx, rx;
 	size_t off = 0, len = 0, want;
 	ssize_t n;
-	long start, left;
+	long start, left, next_send = 0;
 	int fd, input_done = 0, shut = 0, failed = 0, timeout, rc;
 	const char *note = NULL;
 
@@ -291,9 +293,15 @@ run_one(const char *host, const char *port)
 	sum_init(&rx);
 	for (;;) {
 		/* Refill the send buffer from stdin or the pattern. */
-		if (len == 0 && !input_done && use_gen) {
+		if (len == 0 && !input_done && use_gen &&
+		    (opt_pace == 0 || now_ms() >= next_send)) {
 			want = gen - tx.n < BUFSZ ? (size_t)(gen - tx.n) :
 			    BUFSZ;
+			if (opt_pace > 0) {
+				if (want > 1)
+					want = 1;
+				next_send = now_ms() + opt_pace;
+			}
 			pattern_fill(&pat, out, want);
 			off = 0;
 			len = want;
@@ -325,6 +333,13 @@ run_one(const char *host, const char *port)
 			timeout = (int)left;
 		else if (!opt_close)
 			pfd[1].events |= POLLIN;
+		if (len == 0 && !input_done && use_gen && opt_pace > 0) {
+			left = next_send - now_ms();
+			if (left < 0)
+				left = 0;
+			if (timeout == -1 || left < timeout)
+				timeout = (int)left;
+		}
 		if (pfd[0].fd == -1 && pfd[1].events == 0 && timeout == -1)
 			break;
 		rc = poll(pfd, 2, timeout);
@@ -502,7 +517,7 @@ static void
 usage(void)
 {
 	fputs("usage: client [-rRwx] [-a secs] [-g bytes] [-k bytes] "
-	    "[-n conns] [-s seed] [-W ms] host port\n", stderr);
+	    "[-n conns] [-P ms] [-s seed] [-W ms] host port\n", stderr);
 	exit(2);
 }
 
@@ -512,7 +527,7 @@ main(int argc, char *argv[])
 	unsigned int guard = 120;
 	int c, k = 0;
 
-	while ((c = getopt(argc, argv, "a:g:k:n:rRs:wW:x")) != -1) {
+	while ((c = getopt(argc, argv, "a:g:k:n:P:rRs:wW:x")) != -1) {
 		switch (c) {
 		case 'a':
 			guard = (unsigned int)strtoul(optarg, NULL, 10);
@@ -527,6 +542,9 @@ main(int argc, char *argv[])
 			break;
 		case 'n':
 			k = atoi(optarg);
+			break;
+		case 'P':
+			opt_pace = strtol(optarg, NULL, 10);
 			break;
 		case 'r':
 			opt_report = 1;
