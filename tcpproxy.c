@@ -150,6 +150,9 @@
 #ifndef TCPPROXY_BUSY_BRIDGES
 #define TCPPROXY_BUSY_BRIDGES 8		/* busy-poll at most this many */
 #endif
+#ifndef TCPPROXY_DOWN_TIME
+#define TCPPROXY_DOWN_TIME 10.0		/* seconds a failed backend rests */
+#endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
 #endif
@@ -202,10 +205,19 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
 /* ---- types ---- */
 enum { CLIENT = 0, SERVER = 1 };
 enum { TIMER_CONNECT = 0, TIMER_IDLE, TIMER_FDWAIT, TIMER_NONE };
-enum { ACCEPT_ON = 0, ACCEPT_FULL, ACCEPT_NOFD, ACCEPT_OFF };
+enum { ACCEPT_ON = 0, ACCEPT_NOFD, ACCEPT_OFF };
 enum { MORE_NONE = 0, MORE_DRAINED, MORE_FINAL };
 
+/*
+ * The state of a bridge.  WAIT_FD: accepted, but no descriptor was left
+ * for its server socket; it waits on p->fdwait.  CONNECTING: a connect to
+ * an address of a backend is under way.  OPEN: both sides relay.
+ */
+enum { BRIDGE_WAIT_FD = 0, BRIDGE_CONNECTING, BRIDGE_OPEN };
+
 #define ADDR_NAME_MAX (INET6_ADDRSTRLEN + 10)	/* "[addr]:65535" */
+#define KEY_LEN 17			/* family (4 or 6), 16 address bytes */
+#define SOURCE_BUCKETS 256
 
 struct flow {
 	char *buf;			/* NULL while empty */
@@ -218,6 +230,108 @@ struct flow {
 	int more;			/* MORE_*: a hook call due once drained */
 };
 
+/* A resolved socket address and its name for logs. */
+struct addr {
+	struct sockaddr_storage ss;
+	socklen_t len;
+	char name[ADDR_NAME_MAX];
+};
+
+/* An address block of an access list, or one of rinetd's patterns. */
+struct acl {
+	unsigned char key[KEY_LEN];	/* CIDR: family, then address */
+	unsigned int bits;
+	char *glob;			/* a pattern ("10.0.*"), or NULL */
+};
+
+/* Bridges open per client address, for max_per_source. */
+struct source {
+	struct source *next;
+	unsigned char key[KEY_LEN];
+	unsigned long count;
+};
+
+/*
+ * One server of a service.  A backend record is shared by the records of
+ * a service across reloads while its name and the service's are kept, so
+ * its health and counters carry over; refs counts the services using it.
+ */
+struct backend {
+	unsigned long refs;
+	char *host, *port;		/* as written */
+	char *name;			/* "HOST:PORT" as written */
+	struct addr *addrs;		/* resolved, each tried in turn */
+	size_t naddrs;
+	int down;			/* marked down until down_until */
+	int probing;			/* a client is probing it */
+	unsigned long fails;		/* failed connects in a row */
+	long long down_until, down_since;	/* ms */
+	unsigned long open;		/* bridges assigned to it */
+	unsigned long long total, failed, bytes[2];
+	int check_fd;			/* active health check, or -1 */
+	size_t check_addr;		/* the address it checks */
+	long long check_at;		/* ms: next check, or its deadline */
+	size_t check_slot;		/* its pollfd, when checked */
+};
+
+/*
+ * What the records of one service share across reloads (by name): its
+ * counters, the round-robin cursor and the per-source table, so a reload
+ * neither resets stats nor lets a client past --max-per-source.
+ */
+struct state {
+	unsigned long refs;
+	char *name;
+	unsigned long open;
+	unsigned long long total, refused, failed, bytes[2];
+	size_t rr;
+	int full;			/* stopped accepting at max_clients */
+	struct source **sources;	/* SOURCE_BUCKETS, or NULL */
+};
+
+struct timer_list {
+	struct bridge *head, *tail;
+	long long timeout;		/* ms; 0: list unused */
+};
+
+/*
+ * One forwarding rule and every setting its bridges read.  A service
+ * replaced by a reload is retired: it accepts no more and is freed when
+ * the last of its bridges closes (refs counts them, plus one while live).
+ */
+struct service {
+	struct service *next;		/* every service, retired ones too */
+	unsigned long refs;
+	int retired;
+	struct state *st;
+	char *name, *where;
+	char *local_host, *local_port;	/* as written */
+	char tag[96];			/* " service=NAME", or "" */
+	struct backend **backends;
+	size_t nbackends;
+	struct addr source;		/* --source; len 0: none */
+	struct acl *acl;		/* allow, then deny */
+	size_t nallow, ndeny;
+	enum tcpproxy_balance balance;
+	unsigned long max_clients, max_per_source, fails;
+	long long down_time, health_check;	/* ms */
+	int half_close;
+	unsigned long long max_bytes, rate;
+	double burst;			/* --rate: token bucket size */
+	size_t bufsize;
+	struct timer_list timers[TIMER_FDWAIT];	/* connect, idle */
+	char **spare;			/* free buffers of bufsize */
+	size_t nspare;
+};
+
+/* A bound socket and the service it feeds. */
+struct listener {
+	int fd;
+	struct service *svc;
+	struct addr a;
+	int kept;			/* reload: claimed by a new service */
+};
+
 struct bridge {
 	struct bridge *prev, *next;	/* timer list, ordered by last */
 	struct bridge *tprev, *tnext;	/* throttled list (--rate) */
@@ -226,39 +340,36 @@ struct bridge {
 	long long active;		/* ms of the last I/O, for hot/cold */
 	int fd[2];
 	unsigned char rd[2], wr[2];
-	unsigned char connecting;
+	unsigned char state;		/* BRIDGE_* */
 	unsigned char timer;		/* TIMER_*: which list holds it */
 	unsigned char throttled;	/* on the throttled list */
+	unsigned char probe;		/* it probes a down backend */
 	enum tcpproxy_reason reason;	/* first cause of the end */
 	int error;
-	size_t target;			/* index of the server address */
-	long long start, last;		/* ms, monotonic */
+	struct service *svc;		/* the service it was accepted by */
+	struct backend *be;		/* the backend it is on, or NULL */
+	size_t start;			/* where its policy order begins */
+	size_t addr;			/* the address of be it is on */
+	struct source *src;		/* counted in max_per_source */
+	long long start_ms, last;	/* ms, monotonic */
 	struct flow flow[2];
 	unsigned long id;
 	void *hook_data;
+	unsigned char key[KEY_LEN];	/* the client's address */
 	char client[ADDR_NAME_MAX];
-};
-
-struct timer_list {
-	struct bridge *head, *tail;
-	long long timeout;		/* ms; 0: list unused */
-};
-
-struct target {
-	struct sockaddr_storage addr;
-	socklen_t len;
-	char name[ADDR_NAME_MAX];
+	char server[ADDR_NAME_MAX];	/* the address last tried */
+	unsigned char tried[];		/* a bit per backend of svc */
 };
 
 struct tcpproxy {
-	struct tcpproxy_config cfg;
-	struct target *targets;		/* resolved server addresses */
-	size_t ntargets;
-	int *lfd;			/* listeners */
+	struct tcpproxy_config cfg;	/* engine-wide settings only */
+	struct service *services;	/* live first, as configured */
+	struct listener *lis;
 	size_t nlisten;
-	int port;
-	int wake[2];			/* self-pipe for tcpproxy_stop */
-	struct pollfd *pfd;		/* wake, listeners, 2 per bridge */
+	size_t nchecks;			/* backends with health checks */
+	size_t base;			/* pollfds before the bridges' */
+	int wake[2];			/* self-pipe for stop, drain, wake */
+	struct pollfd *pfd;		/* wake, listeners, checks, bridges */
 	struct bridge **tab;		/* bridges; tab[k]->slot == k */
 	size_t nbridges, cap;
 	size_t nhot;			/* tab[0..nhot) are hot */
@@ -267,21 +378,20 @@ struct tcpproxy {
 	long long busy_until;		/* us; poll without waiting till then */
 	long long next_scan;		/* us; next poll of a cold slice */
 	long long slice_period;		/* us; a slice and its pause, > 0 */
-	struct timer_list timers[TIMER_NONE];
-	int fd_freed;			/* a descriptor may be free for FDWAIT */
+	struct timer_list fdwait;	/* bridges waiting for a descriptor */
+	int fd_freed;			/* a descriptor may be free for them */
 	struct bridge *throttled;	/* bridges with a paused flow */
-	double burst;			/* --rate: token bucket size */
-	char **spare;			/* free buffers */
-	size_t nspare;
-	size_t bufsize;
 	long long now;			/* ms, updated after each poll */
 	unsigned long next_id;
+	unsigned long nlive;		/* services not retired */
 	int accepting;			/* ACCEPT_* */
 	long long accept_retry;		/* ms; when ACCEPT_NOFD */
 	long long noted_full, noted_nofd;	/* last warnings, ms */
 	int stopping;			/* stop requests seen */
+	int draining;			/* tcpproxy_drain: no grace limit */
 	char worker[24];		/* " worker=N" in logs, or "" */
 	long long grace_end;		/* ms */
+	unsigned int seed;		/* jitter for health checks */
 };
 
 /* ---- prototypes ---- */
@@ -290,6 +400,7 @@ static int bridge_settle(struct tcpproxy *, struct bridge *);
 static void flow_drain(struct tcpproxy *, struct bridge *, int);
 static void listeners_update(struct tcpproxy *);
 static void accept_pause(struct tcpproxy *, int);
+static void service_put(struct tcpproxy *, struct service *);
 
 /* ---- helpers ---- */
 static const char *const reason_names[] = {
@@ -392,6 +503,21 @@ fail(char *err, size_t errlen, int errnum, const char *fmt, ...)
 	}
 	errno = errnum;
 	return NULL;
+}
+
+/* Like fail(), for functions that return an int: returns -1. */
+static int
+failed(char *err, size_t errlen, int errnum, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err != NULL && errlen > 0) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	errno = errnum;
+	return -1;
 }
 
 /* ---- sockets ---- */
@@ -508,11 +634,23 @@ resolve(const char *host, const char *port, int passive,
 	struct addrinfo hints, *ai;
 	int rc;
 
+	/* "*" and "" mean every address, IPv4 and IPv6, on every libc. */
+	if (host != NULL && (*host == '\0' || strcmp(host, "*") == 0))
+		host = NULL;
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-	if ((rc = getaddrinfo(host, port, &hints, res)) != 0) {
+	hints.ai_flags = passive ? AI_PASSIVE : 0;
+	/* A port in digits and an address literal never reach a resolver. */
+	if (port[strspn(port, "0123456789")] == '\0')
+		hints.ai_flags |= AI_NUMERICSERV;
+	hints.ai_flags |= AI_NUMERICHOST;
+	rc = getaddrinfo(host, port, &hints, res);
+	if (rc == EAI_NONAME && host != NULL) {
+		hints.ai_flags &= ~AI_NUMERICHOST;
+		rc = getaddrinfo(host, port, &hints, res);
+	}
+	if (rc != 0) {
 		fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': %s",
 		    host != NULL ? host : "*", gai_strerror(rc));
 		return -1;
@@ -539,17 +677,84 @@ addr_seen(const struct addrinfo *list, const struct addrinfo *ai)
 	return 0;
 }
 
+
+/*
+ * Reduces a socket address to a key: family 4 or 6, then 16 address
+ * bytes.  An IPv4-mapped IPv6 address counts as the IPv4 one.  Returns 0,
+ * or -1 for another family (the key is then all zeros).
+ */
+static int
+addr_key(const struct sockaddr *sa, unsigned char key[KEY_LEN])
+{
+	static const unsigned char mapped[12] = {
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff
+	};
+
+	memset(key, 0, KEY_LEN);
+	if (sa->sa_family == AF_INET) {
+		key[0] = 4;
+		memcpy(key + 1, &((const struct sockaddr_in *)(const void *)
+		    sa)->sin_addr, 4);
+		return 0;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const unsigned char *a = ((const struct sockaddr_in6 *)
+		    (const void *)sa)->sin6_addr.s6_addr;
+
+		if (memcmp(a, mapped, 12) == 0) {
+			key[0] = 4;
+			memcpy(key + 1, a + 12, 4);
+		} else {
+			key[0] = 6;
+			memcpy(key + 1, a, 16);
+		}
+		return 0;
+	}
+	return -1;
+}
+
+/*
+ * Returns whether text matches a pattern of rinetd's: '*' any run of
+ * characters, '?' any one, anything else itself.
+ */
+static int
+glob_match(const char *pat, const char *text)
+{
+	const char *star = NULL, *resume = NULL;
+
+	while (*text != '\0') {
+		if (*pat == '*') {
+			star = pat++;
+			resume = text;
+		} else if (*pat == '?' || *pat == *text) {
+			pat++;
+			text++;
+		} else if (star != NULL) {
+			pat = star + 1;
+			text = ++resume;
+		} else {
+			return 0;
+		}
+	}
+	while (*pat == '*')
+		pat++;
+	return *pat == '\0';
+}
 /* ---- buffers ---- */
 
-/* Attaches a buffer to an empty flow; returns 0, or -1 if out of memory. */
+/*
+ * Attaches a buffer to an empty flow of a bridge of svc; returns 0, or -1
+ * if out of memory.  Each service keeps its own free list, since each
+ * has its own buffer size.
+ */
 static int
-buf_take(struct tcpproxy *p, struct flow *f)
+buf_take(struct service *svc, struct flow *f)
 {
 	if (f->buf != NULL)
 		return 0;
-	if (p->nspare > 0)
-		f->buf = p->spare[--p->nspare];
-	else if ((f->buf = malloc(p->bufsize)) == NULL)
+	if (svc->nspare > 0)
+		f->buf = svc->spare[--svc->nspare];
+	else if ((f->buf = malloc(svc->bufsize)) == NULL)
 		return -1;
 	f->off = f->len = 0;
 	return 0;
@@ -557,12 +762,12 @@ buf_take(struct tcpproxy *p, struct flow *f)
 
 /* Detaches the buffer of a flow and forgets its bytes. */
 static void
-buf_give(struct tcpproxy *p, struct flow *f)
+buf_give(struct service *svc, struct flow *f)
 {
 	if (f->buf == NULL)
 		return;
-	if (p->nspare < TCPPROXY_SPARE_BUFFERS)
-		p->spare[p->nspare++] = f->buf;
+	if (svc->nspare < TCPPROXY_SPARE_BUFFERS)
+		svc->spare[svc->nspare++] = f->buf;
 	else
 		free(f->buf);
 	f->buf = NULL;
@@ -571,6 +776,13 @@ buf_give(struct tcpproxy *p, struct flow *f)
 
 /* ---- timers ---- */
 
+/* Returns the timer list t of bridge b: its service's, or the engine's. */
+static struct timer_list *
+timer_list(struct tcpproxy *p, const struct bridge *b, int t)
+{
+	return t == TIMER_FDWAIT ? &p->fdwait : &b->svc->timers[t];
+}
+
 static void
 timer_unlink(struct tcpproxy *p, struct bridge *b)
 {
@@ -578,7 +790,7 @@ timer_unlink(struct tcpproxy *p, struct bridge *b)
 
 	if (b->timer == TIMER_NONE)
 		return;
-	l = &p->timers[b->timer];
+	l = timer_list(p, b, b->timer);
 	if (b->prev != NULL)
 		b->prev->next = b->next;
 	else
@@ -594,11 +806,12 @@ timer_unlink(struct tcpproxy *p, struct bridge *b)
 /*
  * Puts b at the tail of list t, as of now.  Lists without a timeout are
  * not kept, but for TIMER_FDWAIT, which is also the queue of waiters.
+ * Timeouts are uniform within a list, so it stays ordered by deadline.
  */
 static void
 timer_set(struct tcpproxy *p, struct bridge *b, int t)
 {
-	struct timer_list *l = &p->timers[t];
+	struct timer_list *l = timer_list(p, b, t);
 
 	timer_unlink(p, b);
 	b->last = p->now;
@@ -622,7 +835,7 @@ bridge_touch(struct tcpproxy *p, struct bridge *b)
 	if (b->timer != TIMER_IDLE)
 		return;
 	b->last = p->now;
-	if (b != p->timers[TIMER_IDLE].tail)
+	if (b != b->svc->timers[TIMER_IDLE].tail)
 		timer_set(p, b, TIMER_IDLE);
 }
 
@@ -651,14 +864,15 @@ static size_t
 flow_allowance(struct tcpproxy *p, struct bridge *b, int s, size_t room)
 {
 	struct flow *f = &b->flow[s];
-	double rate = (double)p->cfg.rate, low = p->burst / 4;
+	const struct service *svc = b->svc;
+	double rate = (double)svc->rate, low = svc->burst / 4;
 
-	if (p->cfg.rate == 0)
+	if (svc->rate == 0)
 		return room;
 	f->tokens += (double)(p->now - f->stamp) * rate / 1000.0;
 	f->stamp = p->now;
-	if (f->tokens > p->burst)
-		f->tokens = p->burst;
+	if (f->tokens > svc->burst)
+		f->tokens = svc->burst;
 	if (low < 1)
 		low = 1;
 	if (f->tokens >= low)
@@ -677,6 +891,13 @@ flow_allowance(struct tcpproxy *p, struct bridge *b, int s, size_t room)
 
 /* ---- bridge I/O ---- */
 
+/* Returns whether a data hook is set. */
+static int
+hooked(const struct tcpproxy *p)
+{
+	return p->cfg.hooks != NULL && p->cfg.hooks->on_data != NULL;
+}
+
 /*
  * Returns the free bytes a read needs: 2 with a data hook, whose cap must
  * be at least twice the chunk, else 1.
@@ -684,7 +905,7 @@ flow_allowance(struct tcpproxy *p, struct bridge *b, int s, size_t room)
 static size_t
 room_min(const struct tcpproxy *p)
 {
-	return p->cfg.hooks != NULL && p->cfg.hooks->on_data != NULL ? 2 : 1;
+	return hooked(p) ? 2 : 1;
 }
 
 /* Records the first reason a bridge has to end. */
@@ -705,10 +926,12 @@ bridge_info(const struct tcpproxy *p, const struct bridge *b,
 	memset(info, 0, sizeof(*info));
 	info->id = b->id;
 	info->client_name = b->client;
-	info->server_name = p->targets[b->target].name;
+	info->server_name = b->server;
+	info->service_name = b->svc->name;
+	info->backend_name = b->be != NULL ? b->be->name : "-";
 	info->bytes[TCPPROXY_UPSTREAM] = b->flow[CLIENT].bytes;
 	info->bytes[TCPPROXY_DOWNSTREAM] = b->flow[SERVER].bytes;
-	info->duration = (double)(p->now - b->start) / 1000.0;
+	info->duration = (double)(p->now - b->start_ms) / 1000.0;
 	info->reason = b->reason;
 	info->error = b->error;
 }
@@ -719,6 +942,7 @@ side_fail(struct tcpproxy *p, struct bridge *b, int s, int err)
 {
 	int reset = err == ECONNRESET || err == EPIPE;
 
+	(void)p;
 	if (s == CLIENT)
 		bridge_end(b, reset ? TCPPROXY_REASON_CLIENT_RESET :
 		    TCPPROXY_REASON_CLIENT_ERROR, err);
@@ -727,15 +951,8 @@ side_fail(struct tcpproxy *p, struct bridge *b, int s, int err)
 		    TCPPROXY_REASON_SERVER_ERROR, err);
 	b->rd[s] = b->wr[s] = 0;
 	/* Bytes bound for s have nowhere to go, so stop taking them. */
-	buf_give(p, &b->flow[!s]);
+	buf_give(b->svc, &b->flow[!s]);
 	b->rd[!s] = 0;
-}
-
-/* Returns whether a data hook is set. */
-static int
-hooked(const struct tcpproxy *p)
-{
-	return p->cfg.hooks != NULL && p->cfg.hooks->on_data != NULL;
 }
 
 /*
@@ -751,7 +968,7 @@ flow_hook(struct tcpproxy *p, struct bridge *b, int s, size_t start,
 	struct flow *f = &b->flow[s];
 	struct tcpproxy_bridge_info info;
 	enum tcpproxy_verdict v;
-	size_t cap = p->bufsize - start;
+	size_t cap = b->svc->bufsize - start;
 
 	bridge_info(p, b, &info);
 	info.final = final;
@@ -783,14 +1000,14 @@ flow_stop(struct tcpproxy *p, struct bridge *b, int s)
 	if (!b->rd[s])
 		return;
 	b->rd[s] = 0;
-	if (!hooked(p) || !b->wr[!s] || buf_take(p, f) == -1)
+	if (!hooked(p) || !b->wr[!s] || buf_take(b->svc, f) == -1)
 		return;
-	if (f->len < p->bufsize)
+	if (f->len < b->svc->bufsize)
 		f->len += flow_hook(p, b, s, f->len, 0, 1);
 	else
 		f->more = MORE_FINAL;	/* no room: once drained */
 	if (f->off == f->len)
-		buf_give(p, f);
+		buf_give(b->svc, f);
 }
 
 /* Side s sent EOF (or, for --max-bytes, is taken to have). */
@@ -800,7 +1017,7 @@ side_eof(struct tcpproxy *p, struct bridge *b, int s)
 	bridge_end(b, s == CLIENT ? TCPPROXY_REASON_CLIENT_CLOSED :
 	    TCPPROXY_REASON_SERVER_CLOSED, 0);
 	flow_stop(p, b, s);
-	if (!p->cfg.half_close)
+	if (!b->svc->half_close)
 		flow_stop(p, b, !s);
 }
 
@@ -813,32 +1030,33 @@ side_eof(struct tcpproxy *p, struct bridge *b, int s)
 static int
 flow_read(struct tcpproxy *p, struct bridge *b, int s)
 {
+	struct service *svc = b->svc;
 	struct flow *f = &b->flow[s];
 	size_t room, start;
 	ssize_t n;
 
-	if (buf_take(p, f) == -1) {
+	if (buf_take(svc, f) == -1) {
 		bridge_end(b, TCPPROXY_REASON_NO_MEMORY, ENOMEM);
 		b->rd[CLIENT] = b->rd[SERVER] = 0;
 		return 0;
 	}
-	if (f->off > 0 && p->bufsize - f->len < room_min(p)) {
+	if (f->off > 0 && svc->bufsize - f->len < room_min(p)) {
 		/* Full at the end but not at the start: slide down. */
 		memmove(f->buf, f->buf + f->off, f->len - f->off);
 		f->len -= f->off;
 		f->off = 0;
 	}
-	room = p->bufsize - f->len;
+	room = svc->bufsize - f->len;
 	if (room_min(p) == 2)
 		room /= 2;	/* the hook may grow the chunk to cap */
-	if (s == CLIENT && p->cfg.max_bytes > 0 &&
-	    room > p->cfg.max_bytes - f->taken)
-		room = (size_t)(p->cfg.max_bytes - f->taken);
+	if (s == CLIENT && svc->max_bytes > 0 &&
+	    room > svc->max_bytes - f->taken)
+		room = (size_t)(svc->max_bytes - f->taken);
 	room = flow_allowance(p, b, s, room);
 	if (room == 0) {
 		/* Paused by --rate, or woken by POLLHUP with a full buffer. */
 		if (f->off == f->len)
-			buf_give(p, f);
+			buf_give(svc, f);
 		return 0;
 	}
 	start = f->len;
@@ -858,14 +1076,14 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 			len = flow_hook(p, b, s, start, len, 0);
 		f->len += len;
 		/* After the hook saw the chunk: its last call comes last. */
-		if (s == CLIENT && f->taken == p->cfg.max_bytes) {
+		if (s == CLIENT && f->taken == svc->max_bytes) {
 			/* As if the client had sent EOF right there. */
 			bridge_end(b, TCPPROXY_REASON_MAX_BYTES, 0);
 			side_eof(p, b, CLIENT);
 		}
 	}
 	if (f->off == f->len)
-		buf_give(p, f);
+		buf_give(svc, f);
 	else
 		flow_drain(p, b, s);
 	return n > 0 && (size_t)n == room && f->buf == NULL && b->rd[s];
@@ -892,7 +1110,7 @@ flow_drain(struct tcpproxy *p, struct bridge *b, int s)
 	int d = !s, final;
 	ssize_t n;
 
-	if (f->buf == NULL || !b->wr[d] || b->connecting)
+	if (f->buf == NULL || !b->wr[d] || b->state != BRIDGE_OPEN)
 		return;
 	for (;;) {
 		n = send(b->fd[d], f->buf + f->off, f->len - f->off,
@@ -907,14 +1125,14 @@ flow_drain(struct tcpproxy *p, struct bridge *b, int s)
 		f->bytes += (unsigned long long)n;
 		if (f->off < f->len)
 			return;
-		buf_give(p, f);
+		buf_give(b->svc, f);
 		/* The hook had more to add than cap allowed: room again. */
-		if (f->more == MORE_NONE || buf_take(p, f) == -1)
+		if (f->more == MORE_NONE || buf_take(b->svc, f) == -1)
 			return;
 		final = f->more == MORE_FINAL;
 		f->more = MORE_NONE;
 		if ((f->len = flow_hook(p, b, s, 0, 0, final)) == 0) {
-			buf_give(p, f);
+			buf_give(b->svc, f);
 			return;
 		}
 	}
@@ -926,20 +1144,23 @@ want(const struct tcpproxy *p, const struct bridge *b, int s)
 {
 	const struct flow *f = &b->flow[s];
 	/* Room for a read, once the queue is slid down (see flow_read). */
-	int room = f->len - f->off + room_min(p) <= p->bufsize;
+	int room = f->len - f->off + room_min(p) <= b->svc->bufsize;
 	short ev = 0;
 
-	if (b->connecting) {
+	switch (b->state) {
+	case BRIDGE_WAIT_FD:
+	case BRIDGE_CONNECTING:
+		/* The client's early bytes wait for whichever backend answers. */
 		if (s == SERVER)
-			ev = POLLOUT;
-		else if (b->rd[s] && !f->resume && room)
-			ev = POLLIN;
-		return ev;
+			return b->state == BRIDGE_CONNECTING ? POLLOUT : 0;
+		break;
+	default:
+		if (b->wr[s] && b->flow[!s].buf != NULL)
+			ev |= POLLOUT;
+		break;
 	}
 	if (b->rd[s] && !f->resume && room)
 		ev |= POLLIN;
-	if (b->wr[s] && b->flow[!s].buf != NULL)
-		ev |= POLLOUT;
 	return ev;
 }
 
@@ -949,7 +1170,7 @@ want(const struct tcpproxy *p, const struct bridge *b, int s)
 static struct pollfd *
 slot_pfd(struct tcpproxy *p, size_t k, int s)
 {
-	return &p->pfd[1 + p->nlisten + 2 * k + (size_t)s];
+	return &p->pfd[p->base + 2 * k + (size_t)s];
 }
 
 /* Swaps the bridges in slots i and j, with their pollfds. */
@@ -991,81 +1212,249 @@ bridge_cool(struct tcpproxy *p, struct bridge *b)
 		slot_swap(p, b->slot, --p->nhot);
 }
 
+/* ---- backends: health and the connect planner ---- */
+
+/* Returns a small hash of an address key (FNV-1a). */
+static unsigned int
+key_hash(const unsigned char key[KEY_LEN])
+{
+	unsigned int h = 2166136261u;
+	size_t i;
+
+	for (i = 0; i < KEY_LEN; i++)
+		h = (h ^ key[i]) * 16777619u;
+	return h;
+}
+
 /*
- * Starts a nonblocking connect to the current target or, failing that,
- * to the next ones.  Returns 0 if a connect is under way or done, or the
- * bridge waits for a descriptor (on TIMER_FDWAIT, server fd -1); -1 when
- * no address is left (the reason is recorded).
+ * Returns whether backend be may take a new client: it is up, or its
+ * down time is over and no other client is probing it yet.
  */
 static int
-server_connect(struct tcpproxy *p, struct bridge *b)
+backend_usable(const struct tcpproxy *p, const struct backend *be)
 {
-	int err = 0;
+	return !be->down || (!be->probing && p->now >= be->down_until);
+}
 
-	for (; b->target < p->ntargets; b->target++) {
-		const struct target *t = &p->targets[b->target];
-		int fd;
-
-		say(p, TCPPROXY_LOG_DEBUG, "connect id=%lu server=%s",
-		    b->id, t->name);
-		fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_FLAGS, 0);
-		if (fd == -1 && (errno == EMFILE || errno == ENFILE)) {
-			/* Wait for a bridge to close; in line, if already. */
-			if (b->timer != TIMER_FDWAIT)
-				timer_set(p, b, TIMER_FDWAIT);
-			b->connecting = 1;
-			accept_pause(p, errno);
-			return 0;
-		}
-		if (fd == -1) {
-			err = errno;
-			break;
-		}
-		if (sock_prepare(fd) == -1) {
-			err = errno;
-			fd_close(fd);
-			break;
-		}
-		if (connect(fd, (const struct sockaddr *)&t->addr, t->len) ==
-		    0 || errno == EINPROGRESS || errno == EINTR) {
-			b->fd[SERVER] = fd;
-			b->connecting = 1;
-			timer_set(p, b, TIMER_CONNECT);
-			return 0;
-		}
-		err = errno;
-		say(p, TCPPROXY_LOG_DEBUG, "connect id=%lu server=%s: %s",
-		    b->id, t->name, strerror(err));
-		fd_close(fd);
+/* A connect to be failed (every address of it): count, maybe mark down. */
+static void
+backend_failed(struct tcpproxy *p, const struct service *svc,
+    struct backend *be, int err)
+{
+	be->failed++;
+	be->fails++;
+	svc->st->failed++;
+	if (be->down) {
+		/* A failed probe: down again, without another line. */
+		be->down_until = p->now + svc->down_time;
+		return;
 	}
-	if (b->target >= p->ntargets)
-		b->target = p->ntargets - 1;
-	bridge_end(b, err == ECONNREFUSED ? TCPPROXY_REASON_CONNECT_REFUSED :
-	    TCPPROXY_REASON_CONNECT_FAILED, err);
+	if (be->fails < svc->fails)
+		return;
+	be->down = 1;
+	be->down_since = p->now;
+	be->down_until = p->now + svc->down_time;
+	say(p, TCPPROXY_LOG_ERROR, "backend down backend=%s fails=%lu "
+	    "error=\"%s\"%s", be->name, be->fails, strerror(err), svc->tag);
+}
+
+/* A connect to be succeeded: it is up. */
+static void
+backend_ok(struct tcpproxy *p, const struct service *svc,
+    struct backend *be)
+{
+	be->fails = 0;
+	if (!be->down)
+		return;
+	be->down = 0;
+	say(p, TCPPROXY_LOG_ERROR, "backend up backend=%s down_for=%.3f%s",
+	    be->name, (double)(p->now - be->down_since) / 1000.0, svc->tag);
+}
+
+/* Ends b's probe of a down backend, if it was one. */
+static void
+bridge_unprobe(struct bridge *b)
+{
+	if (b->probe && b->be != NULL)
+		b->be->probing = 0;
+	b->probe = 0;
+}
+
+/* Puts b on backend i of its service, off the one it was on. */
+static void
+bridge_assign(struct tcpproxy *p, struct bridge *b, size_t i)
+{
+	struct backend *be = b->svc->backends[i];
+
+	bridge_unprobe(b);
+	if (b->be != NULL)
+		b->be->open--;
+	b->tried[i / 8] |= (unsigned char)(1u << (i % 8));
+	b->be = be;
+	b->addr = 0;
+	be->open++;
+	if (be->down && backend_usable(p, be)) {
+		/* Its down time is over: this client finds out. */
+		be->probing = 1;
+		b->probe = 1;
+	}
+}
+
+/*
+ * Returns the backend where b's policy order starts: for roundrobin the
+ * next in turn, for source a hash of the client's address, for first the
+ * first, for leastconn the usable one with the fewest open bridges (ties
+ * taken in turn).  The order then runs on from there.
+ */
+static size_t
+plan_start(const struct tcpproxy *p, struct service *svc,
+    const struct bridge *b)
+{
+	size_t n = svc->nbackends, k, i, best = n;
+
+	switch (svc->balance) {
+	case TCPPROXY_BALANCE_FIRST:
+		return 0;
+	case TCPPROXY_BALANCE_SOURCE:
+		return key_hash(b->key) % n;
+	case TCPPROXY_BALANCE_LEASTCONN:
+		for (k = 0; k < n; k++) {
+			i = (svc->st->rr + k) % n;
+			if (backend_usable(p, svc->backends[i]) && (best == n ||
+			    svc->backends[i]->open < svc->backends[best]->open))
+				best = i;
+		}
+		svc->st->rr++;
+		return best < n ? best : svc->st->rr % n;
+	default:
+		return svc->st->rr++ % n;
+	}
+}
+
+/*
+ * Moves b on to the next backend of its policy order that it has not
+ * tried: usable ones first, then, when all of those failed, the ones
+ * marked down (a down mark is a hint, not a refusal).  Each backend is
+ * tried once.  Returns 0, or -1 when none is left.
+ */
+static int
+plan_next(struct tcpproxy *p, struct bridge *b)
+{
+	struct service *svc = b->svc;
+	size_t n = svc->nbackends, k, i;
+	int pass;
+
+	for (pass = 0; pass < 2; pass++) {
+		for (k = 0; k < n; k++) {
+			i = (b->start + k) % n;
+			if (b->tried[i / 8] & (1u << (i % 8)))
+				continue;
+			if (pass == 0 && !backend_usable(p, svc->backends[i]))
+				continue;
+			bridge_assign(p, b, i);
+			return 0;
+		}
+	}
 	return -1;
 }
 
-/* Gives up on the server address being tried and moves to the next. */
+/* Returns the reason a connect failed with err. */
+static enum tcpproxy_reason
+connect_reason(int err)
+{
+	if (err == ETIMEDOUT)
+		return TCPPROXY_REASON_CONNECT_TIMEOUT;
+	if (err == ECONNREFUSED)
+		return TCPPROXY_REASON_CONNECT_REFUSED;
+	return TCPPROXY_REASON_CONNECT_FAILED;
+}
+
+/*
+ * Opens a nonblocking socket for address a of service svc, bound to its
+ * source address if it has one, and starts connecting.  Returns the
+ * descriptor, or -1 with errno set (EINPROGRESS is success).
+ */
+static int
+socket_connect(const struct service *svc, const struct addr *a)
+{
+	int fd;
+
+	if (svc->source.len > 0 && svc->source.ss.ss_family !=
+	    a->ss.ss_family) {
+		errno = EAFNOSUPPORT;
+		return -1;
+	}
+	if ((fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_FLAGS, 0)) == -1)
+		return -1;
+	if (sock_prepare(fd) == -1 ||
+	    (svc->source.len > 0 && bind(fd, (const struct sockaddr *)
+	    &svc->source.ss, svc->source.len) == -1) ||
+	    (connect(fd, (const struct sockaddr *)&a->ss, a->len) == -1 &&
+	    errno != EINPROGRESS && errno != EINTR)) {
+		fd_close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Starts a nonblocking connect to b's address, or failing that its next
+ * addresses, then the next backends of its policy; err is why the last
+ * attempt failed, if one did.  Returns 0 if a connect is under way, or
+ * the bridge waits for a descriptor (BRIDGE_WAIT_FD on p->fdwait); -1
+ * when nothing is left (the reason is recorded).
+ */
+static int
+server_connect(struct tcpproxy *p, struct bridge *b, int err)
+{
+	for (;;) {
+		struct backend *be = b->be;
+
+		for (; b->addr < be->naddrs; b->addr++) {
+			const struct addr *a = &be->addrs[b->addr];
+			int fd;
+
+			memcpy(b->server, a->name, sizeof(b->server));
+			say(p, TCPPROXY_LOG_DEBUG, "connect id=%lu server=%s "
+			    "backend=%s", b->id, a->name, be->name);
+			if ((fd = socket_connect(b->svc, a)) >= 0) {
+				b->fd[SERVER] = fd;
+				b->state = BRIDGE_CONNECTING;
+				timer_set(p, b, TIMER_CONNECT);
+				return 0;
+			}
+			if (errno == EMFILE || errno == ENFILE) {
+				/* Wait for a bridge to close; in line, if so. */
+				if (b->timer != TIMER_FDWAIT)
+					timer_set(p, b, TIMER_FDWAIT);
+				b->state = BRIDGE_WAIT_FD;
+				accept_pause(p, errno);
+				return 0;
+			}
+			err = errno;
+			say(p, TCPPROXY_LOG_DEBUG, "connect id=%lu server=%s: "
+			    "%s", b->id, a->name, strerror(err));
+		}
+		backend_failed(p, b->svc, be, err);
+		if (plan_next(p, b) == -1)
+			break;
+	}
+	timer_unlink(p, b);
+	bridge_end(b, connect_reason(err), err == ETIMEDOUT ? 0 : err);
+	b->rd[CLIENT] = b->wr[CLIENT] = b->rd[SERVER] = b->wr[SERVER] = 0;
+	return -1;
+}
+
+/* Gives up on the address being tried and moves on. */
 static void
 server_retry(struct tcpproxy *p, struct bridge *b, int err)
 {
 	say(p, TCPPROXY_LOG_DEBUG, "connect id=%lu server=%s: %s", b->id,
-	    p->targets[b->target].name, strerror(err));
+	    b->server, strerror(err));
 	fd_close(b->fd[SERVER]);
 	b->fd[SERVER] = -1;
-	b->connecting = 0;
-	b->target++;
-	if (b->target < p->ntargets && server_connect(p, b) == 0)
-		return;
-	if (b->target >= p->ntargets)
-		b->target = p->ntargets - 1;
-	if (err == ETIMEDOUT)
-		bridge_end(b, TCPPROXY_REASON_CONNECT_TIMEOUT, 0);
-	else if (err == ECONNREFUSED)
-		bridge_end(b, TCPPROXY_REASON_CONNECT_REFUSED, err);
-	else
-		bridge_end(b, TCPPROXY_REASON_CONNECT_FAILED, err);
-	b->rd[CLIENT] = b->wr[CLIENT] = b->rd[SERVER] = b->wr[SERVER] = 0;
+	b->addr++;
+	(void)server_connect(p, b, err);
 }
 
 /* The server socket polled writable while connecting: did it connect? */
@@ -1077,16 +1466,19 @@ server_connected(struct tcpproxy *p, struct bridge *b)
 
 	if (getsockopt(b->fd[SERVER], SOL_SOCKET, SO_ERROR, &err, &len) == -1)
 		err = errno;
-	if (err == EINPROGRESS || err == EINTR)
+	if (err == EINPROGRESS)
 		return;
 	if (err != 0) {
 		server_retry(p, b, err);
 		return;
 	}
-	b->connecting = 0;
+	b->state = BRIDGE_OPEN;
+	bridge_unprobe(b);
+	backend_ok(p, b->svc, b->be);
+	b->be->total++;
 	timer_set(p, b, TIMER_IDLE);
 	say(p, TCPPROXY_LOG_DEBUG, "connected id=%lu server=%s", b->id,
-	    p->targets[b->target].name);
+	    b->server);
 	flow_drain(p, b, CLIENT);
 }
 
@@ -1107,7 +1499,7 @@ table_grow(struct tcpproxy *p)
 	    NULL)
 		return -1;
 	p->ready = tab;
-	pfd = realloc(p->pfd, (1 + p->nlisten + 2 * cap) * sizeof(*pfd));
+	pfd = realloc(p->pfd, (p->base + 2 * cap) * sizeof(*pfd));
 	if (pfd == NULL)
 		return -1;
 	p->pfd = pfd;
@@ -1124,10 +1516,48 @@ bridge_log_close(struct tcpproxy *p, const struct bridge *b)
 	if (b->error != 0)
 		snprintf(err, sizeof(err), " error=\"%s\"", strerror(b->error));
 	say(p, TCPPROXY_LOG_INFO, "close id=%lu%s client=%s server=%s up=%llu "
-	    "down=%llu duration=%.3f reason=%s%s", b->id, p->worker, b->client,
-	    p->targets[b->target].name, b->flow[CLIENT].bytes,
-	    b->flow[SERVER].bytes, (double)(p->now - b->start) / 1000.0,
-	    tcpproxy_reason_name(b->reason), err);
+	    "down=%llu duration=%.3f reason=%s%s backend=%s%s", b->id,
+	    p->worker, b->client, b->server, b->flow[CLIENT].bytes,
+	    b->flow[SERVER].bytes, (double)(p->now - b->start_ms) / 1000.0,
+	    tcpproxy_reason_name(b->reason), err,
+	    b->be != NULL ? b->be->name : "-", b->svc->tag);
+}
+
+/* Drops one bridge from a source's count, freeing the record at zero. */
+static void
+source_put(struct state *st, struct source *src)
+{
+	struct source **pp;
+
+	if (--src->count > 0)
+		return;
+	for (pp = &st->sources[key_hash(src->key) % SOURCE_BUCKETS];
+	    *pp != src; pp = &(*pp)->next)
+		;
+	*pp = src->next;
+	free(src);
+}
+
+/* Returns the per-source record of key, creating it; NULL if OOM. */
+static struct source *
+source_get(struct state *st, const unsigned char key[KEY_LEN])
+{
+	unsigned int h = key_hash(key) % SOURCE_BUCKETS;
+	struct source *s;
+
+	if (st->sources == NULL &&
+	    (st->sources = calloc(SOURCE_BUCKETS, sizeof(*st->sources))) ==
+	    NULL)
+		return NULL;
+	for (s = st->sources[h]; s != NULL; s = s->next)
+		if (memcmp(s->key, key, KEY_LEN) == 0)
+			return s;
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		return NULL;
+	memcpy(s->key, key, KEY_LEN);
+	s->next = st->sources[h];
+	st->sources[h] = s;
+	return s;
 }
 
 /*
@@ -1138,6 +1568,9 @@ static void
 bridge_close(struct tcpproxy *p, struct bridge *b)
 {
 	const struct tcpproxy_hooks *h = p->cfg.hooks;
+	struct service *svc = b->svc;
+	struct state *st = svc->st;
+	int s;
 
 	bridge_end(b, TCPPROXY_REASON_SHUTDOWN, 0);
 	bridge_log_close(p, b);
@@ -1149,8 +1582,18 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	}
 	fd_close(b->fd[CLIENT]);
 	fd_close(b->fd[SERVER]);
-	buf_give(p, &b->flow[CLIENT]);
-	buf_give(p, &b->flow[SERVER]);
+	for (s = CLIENT; s <= SERVER; s++) {
+		buf_give(svc, &b->flow[s]);
+		st->bytes[s] += b->flow[s].bytes;
+		if (b->be != NULL)
+			b->be->bytes[s] += b->flow[s].bytes;
+	}
+	bridge_unprobe(b);
+	if (b->be != NULL)
+		b->be->open--;
+	if (b->src != NULL)
+		source_put(st, b->src);
+	st->open--;
 	timer_unlink(p, b);
 	throttle_unlink(p, b);
 	/*
@@ -1166,12 +1609,15 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	p->nbridges--;
 	free(b);
 	/* Descriptors and a slot are free: waiters, then accepting. */
-	if (p->timers[TIMER_FDWAIT].head != NULL)
+	if (p->fdwait.head != NULL)
 		p->fd_freed = 1;
-	if (p->accepting == ACCEPT_FULL || p->accepting == ACCEPT_NOFD) {
-		p->accepting = ACCEPT_ON;
+	if (p->accepting == ACCEPT_NOFD || st->full) {
+		if (p->accepting == ACCEPT_NOFD)
+			p->accepting = ACCEPT_ON;
+		st->full = 0;
 		listeners_update(p);
 	}
+	service_put(p, svc);
 }
 
 /* Returns whether flow[s] has nothing more to deliver. */
@@ -1190,10 +1636,9 @@ bridge_settle(struct tcpproxy *p, struct bridge *b)
 {
 	int s;
 
-	if (!b->connecting) {
+	if (b->state == BRIDGE_OPEN && b->svc->half_close) {
 		for (s = CLIENT; s <= SERVER; s++) {
-			if (!p->cfg.half_close || !flow_done(b, s) ||
-			    !b->wr[!s])
+			if (!flow_done(b, s) || !b->wr[!s])
 				continue;
 			/* Pass the EOF on; best effort, as for close. */
 			(void)shutdown(b->fd[!s], SHUT_WR);
@@ -1213,19 +1658,107 @@ bridge_settle(struct tcpproxy *p, struct bridge *b)
 	return 0;
 }
 
+/* Returns whether an address key matches one access list entry. */
+static int
+acl_match(const struct acl *a, const unsigned char key[KEY_LEN],
+    const char *text)
+{
+	unsigned int full = a->bits / 8, rest = a->bits % 8;
+
+	if (a->glob != NULL)
+		return glob_match(a->glob, text);
+	if (key[0] != a->key[0] || memcmp(key + 1, a->key + 1, full) != 0)
+		return 0;
+	return rest == 0 || ((key[1 + full] ^ a->key[1 + full]) &
+	    (0xff00 >> rest)) == 0;
+}
+
 /*
- * Opens a bridge for a freshly accepted client; on any failure the
- * client's connection is closed.
+ * Returns NULL if svc's access lists admit the client, else the reason:
+ * "denied" (a deny entry matched) or "not-allowed" (no allow entry did),
+ * rinetd's words.
  */
-static void
-bridge_open(struct tcpproxy *p, int cfd, const struct sockaddr *sa,
+static const char *
+acl_check(const struct service *svc, const unsigned char key[KEY_LEN],
+    const char *client)
+{
+	char text[ADDR_NAME_MAX], *colon;
+	size_t i;
+
+	if (svc->nallow + svc->ndeny == 0)
+		return NULL;
+	/* Patterns see the bare address: "10.0.0.1", "::1". */
+	snprintf(text, sizeof(text), "%s", client[0] == '[' ? client + 1 :
+	    client);
+	if ((colon = strrchr(text, client[0] == '[' ? ']' : ':')) != NULL)
+		*colon = '\0';
+	if (key[0] == 4 && strncmp(text, "::ffff:", 7) == 0)
+		memmove(text, text + 7, strlen(text + 7) + 1);
+	for (i = svc->nallow; i < svc->nallow + svc->ndeny; i++)
+		if (acl_match(&svc->acl[i], key, text))
+			return "denied";
+	if (svc->nallow == 0)
+		return NULL;
+	for (i = 0; i < svc->nallow; i++)
+		if (acl_match(&svc->acl[i], key, text))
+			return NULL;
+	return "not-allowed";
+}
+
+/*
+ * The admit stage: access lists, then max_per_source, then the on_accept
+ * hook.  Returns NULL to admit b, or the reason for refusing it.
+ */
+static const char *
+bridge_admit(struct tcpproxy *p, struct bridge *b, const struct sockaddr *sa,
     socklen_t salen)
 {
 	const struct tcpproxy_hooks *h = p->cfg.hooks;
+	struct service *svc = b->svc;
+	const char *why;
+
+	if ((why = acl_check(svc, b->key, b->client)) != NULL)
+		return why;
+	if (svc->max_per_source > 0) {
+		struct source *src = source_get(svc->st, b->key);
+
+		if (src == NULL)
+			return "no-memory";
+		if (src->count >= svc->max_per_source) {
+			if (src->count == 0)
+				source_put(svc->st, src);
+			return "max-per-source";
+		}
+		src->count++;
+		b->src = src;
+	}
+	if (h != NULL && h->on_accept != NULL) {
+		struct tcpproxy_bridge_info info;
+
+		bridge_info(p, b, &info);
+		info.client = sa;
+		info.client_len = salen;
+		if (h->on_accept(h->user, &info, &b->hook_data) !=
+		    TCPPROXY_PASS)
+			return "hook";
+	}
+	return NULL;
+}
+
+/*
+ * Opens a bridge for a client freshly accepted by listener l; on any
+ * failure the client's connection is closed.
+ */
+static void
+bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
+    const struct sockaddr *sa, socklen_t salen)
+{
+	struct service *svc = l->svc;
 	struct bridge *b;
+	const char *why;
 
 	if (sock_prepare(cfd) == -1 || table_grow(p) == -1 ||
-	    (b = calloc(1, sizeof(*b))) == NULL) {
+	    (b = calloc(1, sizeof(*b) + (svc->nbackends + 7) / 8)) == NULL) {
 		say(p, TCPPROXY_LOG_ERROR, "accept: %s", strerror(errno));
 		fd_close(cfd);
 		return;
@@ -1234,33 +1767,37 @@ bridge_open(struct tcpproxy *p, int cfd, const struct sockaddr *sa,
 	b->fd[SERVER] = -1;
 	b->rd[CLIENT] = b->rd[SERVER] = b->wr[CLIENT] = b->wr[SERVER] = 1;
 	b->timer = TIMER_NONE;
-	b->start = b->last = p->now;
-	b->flow[CLIENT].tokens = b->flow[SERVER].tokens = p->burst;
+	b->start_ms = b->last = p->now;
+	b->flow[CLIENT].tokens = b->flow[SERVER].tokens = svc->burst;
 	b->flow[CLIENT].stamp = b->flow[SERVER].stamp = p->now;
 	b->id = ++p->next_id;
+	b->svc = svc;
+	(void)addr_key(sa, b->key);
 	addr_name(sa, salen, b->client, sizeof(b->client));
-	if (h != NULL && h->on_accept != NULL) {
-		struct tcpproxy_bridge_info info;
-
-		bridge_info(p, b, &info);
-		info.client = sa;
-		info.client_len = salen;
-		if (h->on_accept(h->user, &info, &b->hook_data) !=
-		    TCPPROXY_PASS) {
-			say(p, TCPPROXY_LOG_INFO, "refuse id=%lu client=%s",
-			    b->id, b->client);
-			fd_close(cfd);
-			free(b);
-			return;
-		}
+	if ((why = bridge_admit(p, b, sa, salen)) != NULL) {
+		say(p, TCPPROXY_LOG_INFO, "refuse id=%lu client=%s reason=%s%s",
+		    b->id, b->client, why, svc->tag);
+		svc->st->refused++;
+		if (b->src != NULL)
+			source_put(svc->st, b->src);
+		fd_close(cfd);
+		free(b);
+		return;
 	}
+	svc->refs++;
+	svc->st->open++;
+	svc->st->total++;
 	b->slot = p->nbridges++;
 	p->tab[b->slot] = b;
 	b->active = p->now;
 	bridge_heat(p, b);
-	say(p, TCPPROXY_LOG_INFO, "open id=%lu%s client=%s server=%s", b->id,
-	    p->worker, b->client, p->targets[0].name);
-	if (server_connect(p, b) == -1) {
+	/* The policy's choice, or if it is down the next usable one. */
+	b->start = plan_start(p, svc, b);
+	(void)plan_next(p, b);
+	memcpy(b->server, b->be->addrs[0].name, sizeof(b->server));
+	say(p, TCPPROXY_LOG_INFO, "open id=%lu%s client=%s server=%s%s", b->id,
+	    p->worker, b->client, b->server, svc->tag);
+	if (server_connect(p, b, 0) == -1) {
 		int err = b->error;
 
 		bridge_close(p, b);
@@ -1280,8 +1817,12 @@ listeners_update(struct tcpproxy *p)
 	size_t i;
 
 	for (i = 0; i < p->nlisten; i++) {
-		p->pfd[1 + i].fd = p->accepting == ACCEPT_ON ? p->lfd[i] : -1;
+		const struct listener *l = &p->lis[i];
+
+		p->pfd[1 + i].fd = p->accepting == ACCEPT_ON &&
+		    !l->svc->st->full ? l->fd : -1;
 		p->pfd[1 + i].events = POLLIN;
+		p->pfd[1 + i].revents = 0;
 	}
 }
 
@@ -1308,6 +1849,8 @@ accept_pause(struct tcpproxy *p, int err)
 	snprintf(msg, sizeof(msg), "out of file descriptors (%s); new "
 	    "clients wait until some are free", strerror(err));
 	note_once(p, &p->noted_nofd, msg);
+	if (p->accepting == ACCEPT_OFF)
+		return;
 	p->accepting = ACCEPT_NOFD;
 	p->accept_retry = p->now + TCPPROXY_ACCEPT_RETRY;
 	listeners_update(p);
@@ -1317,24 +1860,26 @@ accept_pause(struct tcpproxy *p, int err)
 static void
 listener_accept(struct tcpproxy *p, size_t i)
 {
-	char msg[128];
+	char msg[192];
 
 	while (p->accepting == ACCEPT_ON) {
+		struct listener *l = &p->lis[i];
+		struct service *svc = l->svc;
 		struct sockaddr_storage ss;
 		socklen_t len = sizeof(ss);
 		int fd;
 
-		if (p->cfg.max_clients > 0 &&
-		    p->nbridges >= p->cfg.max_clients) {
+		if (svc->max_clients > 0 && svc->st->open >= svc->max_clients) {
 			snprintf(msg, sizeof(msg), "reached max-clients limit "
-			    "(%lu), new clients wait", p->cfg.max_clients);
+			    "(%lu), new clients wait%s", svc->max_clients,
+			    svc->tag);
 			note_once(p, &p->noted_full, msg);
-			p->accepting = ACCEPT_FULL;
+			svc->st->full = 1;
 			break;
 		}
-		fd = accept_ready(p->lfd[i], (struct sockaddr *)&ss, &len);
+		fd = accept_ready(l->fd, (struct sockaddr *)&ss, &len);
 		if (fd >= 0) {
-			bridge_open(p, fd, (struct sockaddr *)&ss, len);
+			bridge_open(p, l, fd, (struct sockaddr *)&ss, len);
 			continue;
 		}
 		if (WOULD_BLOCK(errno))
@@ -1360,56 +1905,245 @@ listeners_close(struct tcpproxy *p)
 	size_t i;
 
 	for (i = 0; i < p->nlisten; i++) {
-		fd_close(p->lfd[i]);
-		p->lfd[i] = -1;
+		fd_close(p->lis[i].fd);
+		p->lis[i].fd = -1;
 	}
 	p->accepting = ACCEPT_OFF;
 	listeners_update(p);
 }
 
-/* Empties the wake pipe and acts on the stop requests it carried. */
+/* ---- active health checks ---- */
+
+/* Returns the backend whose check has pollfd slot j, and its service. */
+static struct backend *
+check_at(struct tcpproxy *p, size_t j, struct service **svcp)
+{
+	struct service *svc;
+	size_t k;
+
+	for (svc = p->services; svc != NULL && !svc->retired; svc = svc->next)
+		for (k = 0; k < svc->nbackends; k++)
+			if (svc->health_check > 0 &&
+			    svc->backends[k]->check_slot == j) {
+				*svcp = svc;
+				return svc->backends[k];
+			}
+	return NULL;
+}
+
+/* Returns a delay of about ms, give or take a tenth: checks spread out. */
+static long long
+jitter(struct tcpproxy *p, long long ms)
+{
+	long long span = ms / 5 + 1;
+
+	p->seed = p->seed * 1103515245u + 12345u;
+	return ms - span / 2 + (long long)((p->seed >> 8) % (unsigned)span);
+}
+
+/* Ends the check of be: err 0 is a success.  Schedules the next. */
+static void
+check_done(struct tcpproxy *p, struct service *svc, struct backend *be,
+    int err)
+{
+	struct pollfd *pfd = &p->pfd[be->check_slot];
+
+	fd_close(be->check_fd);
+	be->check_fd = -1;
+	pfd->fd = -1;
+	pfd->revents = 0;
+	if (err == 0) {
+		backend_ok(p, svc, be);
+		be->check_addr = 0;
+	} else {
+		say(p, TCPPROXY_LOG_DEBUG, "check backend=%s server=%s: %s%s",
+		    be->name, be->addrs[be->check_addr].name, strerror(err),
+		    svc->tag);
+		if (be->check_addr + 1 < be->naddrs) {
+			/* The next address is checked at once. */
+			be->check_addr++;
+			be->check_at = p->now;
+			return;
+		}
+		be->check_addr = 0;
+		backend_failed(p, svc, be, err);
+	}
+	be->check_at = p->now + jitter(p, svc->health_check);
+}
+
+/* Starts the check of be: a nonblocking connect, nothing sent. */
+static void
+check_start(struct tcpproxy *p, struct service *svc, struct backend *be)
+{
+	long long limit = svc->timers[TIMER_CONNECT].timeout;
+
+	if (be->check_addr >= be->naddrs)
+		be->check_addr = 0;
+	if ((be->check_fd = socket_connect(svc, &be->addrs[be->check_addr]))
+	    == -1) {
+		if (errno == EMFILE || errno == ENFILE) {
+			be->check_at = p->now + svc->health_check;
+			return;	/* no verdict without a descriptor */
+		}
+		check_done(p, svc, be, errno);
+		return;
+	}
+	p->pfd[be->check_slot].fd = be->check_fd;
+	p->pfd[be->check_slot].events = POLLOUT;
+	if (limit == 0 || limit > svc->health_check)
+		limit = svc->health_check;
+	be->check_at = p->now + limit;
+}
+
+/* Finishes the checks whose sockets polled writable. */
+static void
+checks_handle(struct tcpproxy *p)
+{
+	size_t j;
+
+	for (j = 1 + p->nlisten; j < p->base; j++) {
+		struct service *svc;
+		struct backend *be;
+		int err = 0;
+		socklen_t len = sizeof(err);
+
+		if (p->pfd[j].fd < 0 || p->pfd[j].revents == 0 ||
+		    (be = check_at(p, j, &svc)) == NULL)
+			continue;
+		if (getsockopt(be->check_fd, SOL_SOCKET, SO_ERROR, &err,
+		    &len) == -1)
+			err = errno;
+		if (err != EINPROGRESS)
+			check_done(p, svc, be, err);
+	}
+}
+
+/* Starts the checks that are due and fails those that took too long. */
+static void
+checks_expire(struct tcpproxy *p)
+{
+	struct service *svc;
+	size_t k;
+
+	for (svc = p->services; svc != NULL && !svc->retired; svc = svc->next) {
+		if (svc->health_check == 0)
+			continue;
+		for (k = 0; k < svc->nbackends; k++) {
+			struct backend *be = svc->backends[k];
+
+			if (be->check_at > p->now)
+				continue;
+			if (be->check_fd >= 0)
+				check_done(p, svc, be, ETIMEDOUT);
+			else
+				check_start(p, svc, be);
+		}
+	}
+}
+
+/* Closes every check in flight (the proxy stops). */
+static void
+checks_close(struct tcpproxy *p)
+{
+	struct service *svc;
+	size_t k;
+
+	for (svc = p->services; svc != NULL; svc = svc->next)
+		for (k = 0; k < svc->nbackends; k++) {
+			struct backend *be = svc->backends[k];
+
+			if (be->check_fd >= 0 && svc->health_check > 0 &&
+			    !svc->retired) {
+				fd_close(be->check_fd);
+				be->check_fd = -1;
+				p->pfd[be->check_slot].fd = -1;
+			}
+		}
+}
+
+/* ---- stopping and timers ---- */
+
+/* Empties the wake pipe and acts on the requests it carried. */
 static void
 wake_read(struct tcpproxy *p)
 {
 	char buf[64];
-	ssize_t n;
+	ssize_t n, i;
 
-	/* One byte per tcpproxy_stop() call: the second ends the grace. */
+	/* A byte per request: 's' stop (the second ends the grace), 'd'
+	 * drain, anything else only wakes. */
 	while ((n = read(p->wake[0], buf, sizeof(buf))) > 0) {
-		if (p->stopping == 0) {
-			listeners_close(p);
-			p->grace_end = p->now + secs_to_ms(p->cfg.grace);
-			say(p, TCPPROXY_LOG_DEBUG, "stopping, %lu bridges open",
-			    (unsigned long)p->nbridges);
+		for (i = 0; i < n; i++) {
+			if (buf[i] != 's' && buf[i] != 'd')
+				continue;
+			if (p->stopping == 0) {
+				listeners_close(p);
+				checks_close(p);
+				say(p, TCPPROXY_LOG_DEBUG, "stopping, %lu "
+				    "bridges open", (unsigned long)p->nbridges);
+			}
+			if (buf[i] == 'd') {
+				if (p->stopping == 0) {
+					p->draining = 1;
+					p->grace_end = LLONG_MAX;
+					p->stopping = 1;
+				}
+				continue;
+			}
+			if (p->stopping == 0 || p->draining) {
+				p->draining = 0;
+				p->stopping = 1;
+				p->grace_end = p->now +
+				    secs_to_ms(p->cfg.grace);
+			} else {
+				p->stopping++;
+				p->grace_end = p->now;
+			}
 		}
-		p->stopping += (int)n;
-		if (p->stopping > 1)
-			p->grace_end = p->now;
 	}
 }
 
-/* Closes the bridges whose timers ran out. */
+/* Closes the bridges of svc whose timers ran out. */
 static void
-timers_expire(struct tcpproxy *p)
+service_expire(struct tcpproxy *p, struct service *svc)
 {
 	struct timer_list *l;
-	struct bridge *b, *next;
+	struct bridge *b;
 
-	l = &p->timers[TIMER_CONNECT];
+	l = &svc->timers[TIMER_CONNECT];
 	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
 		server_retry(p, b, ETIMEDOUT);
 		(void)bridge_settle(p, b);
+		if (l->head == b)
+			break;	/* cannot happen; never loop on it */
 	}
-	l = &p->timers[TIMER_IDLE];
+	l = &svc->timers[TIMER_IDLE];
 	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
 		bridge_end(b, TCPPROXY_REASON_IDLE_TIMEOUT, 0);
 		bridge_close(p, b);
 	}
-	l = &p->timers[TIMER_FDWAIT];
-	while (l->timeout > 0 && (b = l->head) != NULL &&
-	    b->last + l->timeout <= p->now) {
-		bridge_end(b, TCPPROXY_REASON_CONNECT_FAILED, EMFILE);
-		bridge_close(p, b);
+}
+
+/* Closes the bridges whose timers ran out, and lifts --rate pauses. */
+static void
+timers_expire(struct tcpproxy *p)
+{
+	struct service *svc, *next_svc;
+	struct bridge *b, *next;
+
+	for (svc = p->services; svc != NULL; svc = next_svc) {
+		/* Closing a retired service's last bridge frees it. */
+		next_svc = svc->next;
+		if (svc->refs > (svc->retired ? 0u : 1u))
+			service_expire(p, svc);
+	}
+	for (b = p->fdwait.head; b != NULL; b = next) {
+		next = b->next;
+		if (b->svc->timers[TIMER_CONNECT].timeout > 0 &&
+		    b->last + b->svc->timers[TIMER_CONNECT].timeout <= p->now) {
+			bridge_end(b, TCPPROXY_REASON_CONNECT_FAILED, EMFILE);
+			bridge_close(p, b);
+		}
 	}
 	for (b = p->throttled; b != NULL; b = next) {
 		int s, paused = 0;
@@ -1429,9 +2163,11 @@ timers_expire(struct tcpproxy *p)
 	if (p->stopping && p->now >= p->grace_end)
 		while (p->nbridges > 0)
 			bridge_close(p, p->tab[p->nbridges - 1]);
+	if (!p->stopping && p->nchecks > 0)
+		checks_expire(p);
 	if (p->accepting == ACCEPT_NOFD && p->now >= p->accept_retry) {
 		/* Descriptors may have been freed elsewhere (ENFILE). */
-		if (p->timers[TIMER_FDWAIT].head != NULL)
+		if (p->fdwait.head != NULL)
 			p->fd_freed = 1;
 		p->accepting = ACCEPT_ON;
 		listeners_update(p);
@@ -1448,51 +2184,57 @@ fdwait_connect(struct tcpproxy *p)
 	struct bridge *b;
 
 	p->fd_freed = 0;
-	while ((b = p->timers[TIMER_FDWAIT].head) != NULL) {
-		b->connecting = 0;
-		if (server_connect(p, b) == 0 && b->timer == TIMER_FDWAIT)
+	while ((b = p->fdwait.head) != NULL) {
+		if (server_connect(p, b, 0) == 0 && b->state == BRIDGE_WAIT_FD)
 			break;		/* out of descriptors again */
-		if (b->timer == TIMER_FDWAIT) {
-			/* No address left: nothing read can be delivered. */
-			timer_unlink(p, b);
-			b->rd[CLIENT] = b->wr[CLIENT] = 0;
-			b->rd[SERVER] = b->wr[SERVER] = 0;
-		}
 		(void)bridge_settle(p, b);
 	}
+}
+
+/* Returns the earlier of two deadlines, -1 meaning none. */
+static long long
+earlier(long long when, long long t)
+{
+	return when < 0 || t < when ? t : when;
 }
 
 /* Returns ms until the next deadline, capped by limit (-1: no limit). */
 static int
 next_timeout(const struct tcpproxy *p, int limit)
 {
+	const struct service *svc;
 	const struct bridge *b;
 	long long when = -1, wait;
+	size_t k;
 	int t;
 
 	if (p->fd_freed)
 		return 0;	/* waiters to serve first */
-	for (t = TIMER_CONNECT; t < TIMER_NONE; t++) {
-		b = p->timers[t].head;
-
-		if (p->timers[t].timeout == 0)
-			continue;
-		if (b != NULL && (when < 0 || b->last + p->timers[t].timeout <
-		    when))
-			when = b->last + p->timers[t].timeout;
+	for (svc = p->services; svc != NULL; svc = svc->next) {
+		for (t = TIMER_CONNECT; t < TIMER_FDWAIT; t++)
+			if ((b = svc->timers[t].head) != NULL)
+				when = earlier(when, b->last +
+				    svc->timers[t].timeout);
+		if (svc->health_check > 0 && !svc->retired && !p->stopping)
+			for (k = 0; k < svc->nbackends; k++)
+				when = earlier(when,
+				    svc->backends[k]->check_at);
 	}
+	for (b = p->fdwait.head; b != NULL; b = b->next)
+		if (b->svc->timers[TIMER_CONNECT].timeout > 0)
+			when = earlier(when, b->last +
+			    b->svc->timers[TIMER_CONNECT].timeout);
 	for (b = p->throttled; b != NULL; b = b->tnext) {
 		int s;
 
 		for (s = CLIENT; s <= SERVER; s++)
-			if (b->flow[s].resume != 0 &&
-			    (when < 0 || b->flow[s].resume < when))
-				when = b->flow[s].resume;
+			if (b->flow[s].resume != 0)
+				when = earlier(when, b->flow[s].resume);
 	}
-	if (p->stopping && (when < 0 || p->grace_end < when))
-		when = p->grace_end;
-	if (p->accepting == ACCEPT_NOFD && (when < 0 || p->accept_retry < when))
-		when = p->accept_retry;
+	if (p->stopping && !p->draining)
+		when = earlier(when, p->grace_end);
+	if (p->accepting == ACCEPT_NOFD)
+		when = earlier(when, p->accept_retry);
 	if (when < 0)
 		return limit;
 	wait = when - now_ms();
@@ -1514,7 +2256,7 @@ bridge_handle(struct tcpproxy *p, struct bridge *b)
 
 	b->active = p->now;
 	bridge_heat(p, b);
-	if (b->connecting && rev[SERVER] != 0) {
+	if (b->state == BRIDGE_CONNECTING && rev[SERVER] != 0) {
 		server_connected(p, b);
 		rev[SERVER] = 0;
 	}
@@ -1522,7 +2264,7 @@ bridge_handle(struct tcpproxy *p, struct bridge *b)
 	 * recv() or send() tells what happened. */
 	for (s = CLIENT; s <= SERVER; s++) {
 		if ((rev[s] & (POLLIN | POLLHUP | POLLERR)) && b->rd[s] &&
-		    !(b->connecting && s == SERVER))
+		    (s == CLIENT || b->state == BRIDGE_OPEN))
 			flow_fill(p, b, s);
 		if ((rev[s] & (POLLOUT | POLLHUP | POLLERR)) && b->wr[s])
 			flow_drain(p, b, !s);
@@ -1618,7 +2360,7 @@ poll_busy(struct tcpproxy *p, size_t nfds, int timeout_ms)
 	int n;
 
 	if (p->cfg.busy_poll == 0 || timeout_ms == 0 ||
-	    nfds > 1 + p->nlisten + 2 * TCPPROXY_BUSY_BRIDGES ||
+	    nfds > p->base + 2 * TCPPROXY_BUSY_BRIDGES ||
 	    (t = now_us()) >= p->busy_until)
 		return poll(p->pfd, (nfds_t)nfds, timeout_ms);
 	end = p->busy_until;
@@ -1643,7 +2385,7 @@ static int
 poll_bridges(struct tcpproxy *p, int timeout_ms, size_t *npolled,
     size_t *lo, size_t *hi, int *swept)
 {
-	size_t base = 1 + p->nlisten;
+	size_t base = p->base;
 	long long t, wait;
 	int n, cold = 0;
 
@@ -1719,6 +2461,8 @@ tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 		(void)bridge_handle(p, p->ready[k]);
 	if (swept)
 		bridges_cool(p);
+	if (n > 0)
+		checks_handle(p);
 	timers_expire(p);
 	/* Bridges waiting for a descriptor go before new clients. */
 	if (p->fd_freed)
@@ -1729,7 +2473,819 @@ tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 	return p->stopping && p->nbridges == 0 ? 0 : 1;
 }
 
+/* ---- services: building, switching, freeing ---- */
+
+/*
+ * Returns whether s is a port: 0..65535 in digits (0 only if zero_ok), or
+ * a service name such as "http" (letters, digits, '-'), which the
+ * resolver then looks up.  The one place a port is validated.
+ */
+static int
+port_ok(const char *s, int zero_ok)
+{
+	size_t i, alpha = 0;
+
+	for (i = 0; s[i] != '\0'; i++) {
+		if ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z'))
+			alpha++;
+		else if (s[i] != '-' && (s[i] < '0' || s[i] > '9'))
+			return 0;
+	}
+	if (i == 0 || i > 32)
+		return 0;
+	if (alpha > 0)
+		return s[0] != '-';
+	return i <= 5 && strtol(s, NULL, 10) <= 65535 &&
+	    (zero_ok || strtol(s, NULL, 10) > 0);
+}
+
+/* Returns a copy of s (NULL stays NULL); sets *bad if out of memory. */
+static char *
+dup_str(const char *s, int *bad)
+{
+	char *d;
+	size_t n;
+
+	if (s == NULL)
+		return NULL;
+	n = strlen(s) + 1;
+	if ((d = malloc(n)) == NULL) {
+		*bad = 1;
+		return NULL;
+	}
+	memcpy(d, s, n);
+	return d;
+}
+
+/*
+ * Resolves host:port into a fresh array of addresses, without repeats;
+ * returns it with its length in *n, or NULL with the reason in err.
+ */
+static struct addr *
+addrs_resolve(const char *host, const char *port, int passive, size_t *n,
+    char *err, size_t errlen)
+{
+	struct addrinfo *res, *ai;
+	struct addr *a;
+	size_t count;
+
+	if (resolve(host, port, passive, &res, &count, err, errlen) == -1)
+		return NULL;
+	if ((a = calloc(count, sizeof(*a))) == NULL) {
+		freeaddrinfo(res);
+		return fail(err, errlen, ENOMEM, "out of memory");
+	}
+	*n = 0;
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		if (addr_seen(res, ai) || ai->ai_addrlen > sizeof(a->ss) ||
+		    (ai->ai_family != AF_INET && ai->ai_family != AF_INET6))
+			continue;
+		memcpy(&a[*n].ss, ai->ai_addr, ai->ai_addrlen);
+		a[*n].len = ai->ai_addrlen;
+		addr_name(ai->ai_addr, ai->ai_addrlen, a[*n].name,
+		    sizeof(a[*n].name));
+		(*n)++;
+	}
+	freeaddrinfo(res);
+	if (*n == 0) {
+		free(a);
+		return fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': "
+		    "no usable address", host != NULL ? host : "*");
+	}
+	return a;
+}
+
+/* Drops a reference to a backend, freeing it with the last. */
+static void
+backend_put(struct backend *be)
+{
+	if (be == NULL || --be->refs > 0)
+		return;
+	fd_close(be->check_fd);
+	free(be->host);
+	free(be->port);
+	free(be->name);
+	free(be->addrs);
+	free(be);
+}
+
+/* Drops a reference to a service's shared state, freeing it last. */
+static void
+state_put(struct state *st)
+{
+	size_t i;
+
+	if (st == NULL || --st->refs > 0)
+		return;
+	if (st->sources != NULL) {
+		for (i = 0; i < SOURCE_BUCKETS; i++)
+			while (st->sources[i] != NULL) {
+				struct source *s = st->sources[i];
+
+				st->sources[i] = s->next;
+				free(s);
+			}
+		free(st->sources);
+	}
+	free(st->name);
+	free(st);
+}
+
+/* Frees a service record that no bridge points at. */
+static void
+service_free(struct service *svc)
+{
+	size_t i;
+
+	if (svc == NULL)
+		return;
+	for (i = 0; i < svc->nbackends; i++)
+		backend_put(svc->backends[i]);
+	free(svc->backends);
+	for (i = 0; i < svc->nallow + svc->ndeny; i++)
+		free(svc->acl[i].glob);
+	free(svc->acl);
+	for (i = 0; i < svc->nspare; i++)
+		free(svc->spare[i]);
+	free(svc->spare);
+	state_put(svc->st);
+	free(svc->name);
+	free(svc->where);
+	free(svc->local_host);
+	free(svc->local_port);
+	free(svc);
+}
+
+/* Drops a reference to a service; a retired one goes with its last. */
+static void
+service_put(struct tcpproxy *p, struct service *svc)
+{
+	struct service **pp;
+
+	if (--svc->refs > 0)
+		return;
+	for (pp = &p->services; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == svc) {
+			*pp = svc->next;
+			break;
+		}
+	service_free(svc);
+}
+
+/*
+ * Parses one access list entry: a CIDR block or bare address, or one of
+ * rinetd's patterns (digits, '.', ':', hex letters, '*' and '?').
+ * Returns 0, or -1 if it is neither.
+ */
+static int
+acl_parse(const char *s, struct acl *a)
+{
+	char buf[INET6_ADDRSTRLEN + 8], *slash, *end;
+	unsigned int max;
+	unsigned long bits;
+	size_t i;
+
+	memset(a, 0, sizeof(*a));
+	if (strpbrk(s, "*?") != NULL) {
+		int bad = 0;
+
+		if (s[strspn(s, "0123456789abcdefABCDEF.:*?")] != '\0' ||
+		    strlen(s) > INET6_ADDRSTRLEN)
+			return -1;
+		a->glob = dup_str(s, &bad);
+		return bad ? -1 : 0;
+	}
+	if (strlen(s) >= sizeof(buf))
+		return -1;
+	strcpy(buf, s);
+	if ((slash = strchr(buf, '/')) != NULL)
+		*slash++ = '\0';
+	if (inet_pton(AF_INET, buf, a->key + 1) == 1) {
+		a->key[0] = 4;
+		max = 32;
+	} else if (inet_pton(AF_INET6, buf, a->key + 1) == 1) {
+		a->key[0] = 6;
+		max = 128;
+	} else {
+		return -1;
+	}
+	a->bits = max;
+	if (slash != NULL) {
+		if (*slash < '0' || *slash > '9' || strlen(slash) > 3)
+			return -1;
+		bits = strtoul(slash, &end, 10);
+		if (*end != '\0' || bits > max)
+			return -1;
+		a->bits = (unsigned int)bits;
+	}
+	for (i = 0; i < 16; i++) {
+		unsigned int keep = a->bits > 8 * i ? a->bits - 8 * (unsigned)i :
+		    0;
+
+		if (keep < 8)
+			a->key[1 + i] &= (unsigned char)(0xff00 >> keep);
+	}
+	return 0;
+}
+
+/* Formats "WHERE: " for messages about spec into buf; returns buf. */
+static const char *
+spec_where(const struct tcpproxy_service *spec, char *buf, size_t size)
+{
+	if (spec->where != NULL)
+		snprintf(buf, size, "%s: ", spec->where);
+	else if (spec->name != NULL)
+		snprintf(buf, size, "service %s: ", spec->name);
+	else
+		buf[0] = '\0';
+	return buf;
+}
+
+/* Checks the settings of a service that need no resolver; 0 or -1. */
+static int
+spec_check(const struct tcpproxy_service *spec, char *err, size_t errlen)
+{
+	char w[128];
+	size_t i;
+
+	spec_where(spec, w, sizeof(w));
+	if (spec->local_port == NULL || !port_ok(spec->local_port, 1))
+		return failed(err, errlen, EINVAL, "%sinvalid local port '%s'",
+		    w, spec->local_port ? spec->local_port : "");
+	if (spec->nbackends == 0 || spec->backends == NULL)
+		return failed(err, errlen, EINVAL, "%sno backend", w);
+	for (i = 0; i < spec->nbackends; i++)
+		if (spec->backends[i].host == NULL ||
+		    spec->backends[i].port == NULL ||
+		    !port_ok(spec->backends[i].port, 0))
+			return failed(err, errlen, EINVAL, "%sinvalid backend "
+			    "port '%s'", w, spec->backends[i].port ?
+			    spec->backends[i].port : "");
+	if (!(spec->connect_timeout >= 0) || !(spec->idle_timeout >= 0) ||
+	    !(spec->down_time >= 0) || !(spec->health_check >= 0) ||
+	    spec->balance > TCPPROXY_BALANCE_FIRST)
+		return failed(err, errlen, EINVAL, "%sinvalid configuration",
+		    w);
+	return 0;
+}
+
+/*
+ * Builds a service record from spec: copies every setting, resolves its
+ * backends and source address.  Binds nothing.  Returns it (refs 1, with
+ * a state and backends of its own), or NULL with the reason in err.
+ */
+static struct service *
+service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
+    char *err, size_t errlen)
+{
+	struct service *svc;
+	char w[128], name[256], msg[256];
+	size_t i, n;
+	int bad = 0;
+
+	if (spec_check(spec, err, errlen) == -1)
+		return NULL;
+	spec_where(spec, w, sizeof(w));
+	if ((svc = calloc(1, sizeof(*svc))) == NULL ||
+	    (svc->st = calloc(1, sizeof(*svc->st))) == NULL ||
+	    (svc->backends = calloc(spec->nbackends,
+	    sizeof(*svc->backends))) == NULL ||
+	    (svc->spare = calloc(TCPPROXY_SPARE_BUFFERS,
+	    sizeof(*svc->spare))) == NULL)
+		goto nomem;
+	svc->refs = 1;
+	svc->st->refs = 1;
+	if (spec->name != NULL)
+		snprintf(name, sizeof(name), "%s", spec->name);
+	else
+		snprintf(name, sizeof(name), "%s:%s", spec->local_host != NULL ?
+		    spec->local_host : "*", spec->local_port);
+	svc->name = dup_str(name, &bad);
+	svc->st->name = dup_str(name, &bad);
+	svc->where = dup_str(w, &bad);
+	svc->local_host = dup_str(spec->local_host != NULL ?
+	    spec->local_host : "", &bad);
+	svc->local_port = dup_str(spec->local_port, &bad);
+	if (bad)
+		goto nomem;
+	svc->balance = spec->balance;
+	svc->max_clients = spec->max_clients;
+	svc->max_per_source = spec->max_per_source;
+	svc->fails = spec->fails > 0 ? spec->fails : 1;
+	svc->down_time = secs_to_ms(spec->down_time);
+	svc->health_check = secs_to_ms(spec->health_check);
+	svc->half_close = spec->half_close;
+	svc->max_bytes = spec->max_bytes;
+	svc->rate = spec->rate;
+	svc->bufsize = spec->buffer_size ? spec->buffer_size :
+	    TCPPROXY_BUFFER_SIZE;
+	if (svc->bufsize < room_min(p))
+		svc->bufsize = room_min(p);
+	svc->timers[TIMER_CONNECT].timeout =
+	    secs_to_ms(spec->connect_timeout);
+	svc->timers[TIMER_IDLE].timeout = secs_to_ms(spec->idle_timeout);
+	/* A bucket of 1/20 s: smooth, yet reads stay worth a system call. */
+	svc->burst = (double)spec->rate / 20;
+	if (svc->burst > (double)svc->bufsize)
+		svc->burst = (double)svc->bufsize;
+	if (svc->burst < 1)
+		svc->burst = 1;
+	if ((svc->acl = calloc(spec->nallow + spec->ndeny + 1,
+	    sizeof(*svc->acl))) == NULL)
+		goto nomem;
+	for (i = 0; i < spec->nallow + spec->ndeny; i++) {
+		const char *s = i < spec->nallow ? spec->allow[i] :
+		    spec->deny[i - spec->nallow];
+
+		if (acl_parse(s, &svc->acl[i]) == -1) {
+			fail(err, errlen, EINVAL, "%sinvalid %s '%s': not an "
+			    "address, CIDR block or pattern", w,
+			    i < spec->nallow ? "allow" : "deny", s);
+			service_free(svc);
+			return NULL;
+		}
+		if (i < spec->nallow)
+			svc->nallow++;
+		else
+			svc->ndeny++;
+	}
+	if (spec->source != NULL) {
+		struct addr *a = addrs_resolve(spec->source, "0", 1, &n, msg,
+		    sizeof(msg));
+
+		if (a == NULL) {
+			fail(err, errlen, errno, "%ssource: %s", w, msg);
+			service_free(svc);
+			return NULL;
+		}
+		svc->source = a[0];
+		free(a);
+	}
+	for (i = 0; i < spec->nbackends; i++) {
+		const struct tcpproxy_backend *sb = &spec->backends[i];
+		struct backend *be;
+
+		if ((be = calloc(1, sizeof(*be))) == NULL)
+			goto nomem;
+		svc->backends[svc->nbackends++] = be;
+		be->refs = 1;
+		be->check_fd = -1;
+		be->host = dup_str(sb->host, &bad);
+		be->port = dup_str(sb->port, &bad);
+		snprintf(name, sizeof(name), strchr(sb->host, ':') != NULL ?
+		    "[%s]:%s" : "%s:%s", sb->host, sb->port);
+		be->name = dup_str(name, &bad);
+		if (bad)
+			goto nomem;
+		if ((be->addrs = addrs_resolve(sb->host, sb->port, 0,
+		    &be->naddrs, msg, sizeof(msg))) == NULL) {
+			fail(err, errlen, errno, "%s%s", w, msg);
+			service_free(svc);
+			return NULL;
+		}
+	}
+	return svc;
+nomem:
+	service_free(svc);
+	return fail(err, errlen, ENOMEM, "%sout of memory", w);
+}
+
+/* Fills the service of the simple case from the config's own fields. */
+static void
+service_from_config(struct tcpproxy_service *svc,
+    struct tcpproxy_backend *be, const struct tcpproxy_config *cfg)
+{
+	tcpproxy_service_init(svc);
+	svc->local_host = cfg->local_host;
+	svc->local_port = cfg->local_port;
+	be->host = cfg->remote_host;
+	be->port = cfg->remote_port;
+	svc->backends = be;
+	svc->nbackends = be->host != NULL ? 1 : 0;
+	svc->max_clients = cfg->max_clients;
+	svc->connect_timeout = cfg->connect_timeout;
+	svc->idle_timeout = cfg->idle_timeout;
+	svc->buffer_size = cfg->buffer_size;
+	svc->half_close = cfg->half_close;
+	svc->max_bytes = cfg->max_bytes;
+	svc->rate = cfg->rate;
+}
+
+/*
+ * Builds the records of every service cfg describes into a list, in
+ * order.  Returns the list, or NULL with the reason in err.  *count gets
+ * the number of services.
+ */
+static struct service *
+services_build(const struct tcpproxy *p, const struct tcpproxy_config *cfg,
+    size_t *count, char *err, size_t errlen)
+{
+	struct tcpproxy_service simple;
+	struct tcpproxy_backend simple_be;
+	struct service *head = NULL, **tail = &head, *svc, *o;
+	size_t i, n = cfg->nservices;
+	int with_simple = cfg->local_port != NULL;
+
+	if (with_simple)
+		service_from_config(&simple, &simple_be, cfg);
+	*count = 0;
+	if (n + (size_t)with_simple == 0) {
+		fail(err, errlen, EINVAL, "no service configured");
+		return NULL;
+	}
+	for (i = 0; i < n + (size_t)with_simple; i++) {
+		const struct tcpproxy_service *spec = with_simple ?
+		    (i == 0 ? &simple : &cfg->services[i - 1]) :
+		    &cfg->services[i];
+
+		if ((svc = service_build(p, spec, err, errlen)) == NULL)
+			goto bad;
+		*tail = svc;
+		tail = &svc->next;
+		(*count)++;
+		for (o = head; o != svc; o = o->next)
+			if (strcmp(o->name, svc->name) == 0) {
+				fail(err, errlen, EINVAL, "%sservice name '%s' "
+				    "is used twice", svc->where, svc->name);
+				goto bad;
+			}
+	}
+	for (svc = head; svc != NULL; svc = svc->next)
+		if (*count > 1)
+			snprintf(svc->tag, sizeof(svc->tag), " service=%s",
+			    svc->name);
+	return head;
+bad:
+	while (head != NULL) {
+		svc = head->next;
+		service_free(head);
+		head = svc;
+	}
+	return NULL;
+}
+
+/* Returns the port of an address. */
+static int
+addr_port(const struct addr *a)
+{
+	if (a->ss.ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)(const void *)
+		    &a->ss)->sin_port);
+	if (a->ss.ss_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)(const void *)
+		    &a->ss)->sin6_port);
+	return 0;
+}
+
+/* Returns whether two socket addresses are equal (port too, if ports). */
+static int
+addr_equal(const struct addr *a, const struct addr *b, int ports)
+{
+	struct sockaddr_storage x = a->ss, y = b->ss;
+
+	if (a->len != b->len || a->ss.ss_family != b->ss.ss_family)
+		return 0;
+	if (!ports) {
+		addr_set_port((struct sockaddr *)&x, 0);
+		addr_set_port((struct sockaddr *)&y, 0);
+	}
+	return memcmp(&x, &y, a->len) == 0;
+}
+
+/*
+ * Returns whether connecting to address t could reach listener address
+ * l: same family and port, and the same address, or a wildcard listener
+ * and a loopback target.  A proxy relaying to itself would eat every
+ * descriptor in a loop.
+ */
+static int
+addr_is_self(const struct addr *t, const struct addr *l)
+{
+	static const unsigned char any6[16], lo6[16] = { [15] = 1 };
+
+	if (l->ss.ss_family != t->ss.ss_family)
+		return 0;
+	if (l->ss.ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)&l->ss;
+		const struct sockaddr_in *r = (const void *)&t->ss;
+		unsigned long h = ntohl(r->sin_addr.s_addr);
+
+		return a->sin_port == r->sin_port &&
+		    (a->sin_addr.s_addr == r->sin_addr.s_addr ||
+		    (a->sin_addr.s_addr == htonl(INADDR_ANY) && (h >> 24) == 127));
+	}
+	if (l->ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const void *)&l->ss;
+		const struct sockaddr_in6 *r = (const void *)&t->ss;
+
+		return a->sin6_port == r->sin6_port &&
+		    (memcmp(&a->sin6_addr, &r->sin6_addr, 16) == 0 ||
+		    (memcmp(&a->sin6_addr, any6, 16) == 0 &&
+		    memcmp(&r->sin6_addr, lo6, 16) == 0));
+	}
+	return 0;
+}
+
+/* Returns the live listener of p that an address of svc can keep. */
+static struct listener *
+listener_find(struct tcpproxy *p, const struct service *svc,
+    const struct addr *a)
+{
+	int any_port = strcmp(svc->local_port, "0") == 0;
+	size_t i;
+
+	for (i = 0; i < p->nlisten; i++) {
+		struct listener *l = &p->lis[i];
+
+		/* Port 0 as written: the port it got is the one it keeps. */
+		if (!l->kept && l->fd >= 0 &&
+		    strcmp(l->svc->local_host, svc->local_host) == 0 &&
+		    strcmp(l->svc->local_port, svc->local_port) == 0 &&
+		    addr_equal(&l->a, a, !any_port))
+			return l;
+	}
+	return NULL;
+}
+
+/* Closes the listeners of a plan that were bound for it; frees it. */
+static void
+plan_abandon(struct tcpproxy *p, struct listener *lis, size_t n)
+{
+	size_t i, j;
+
+	for (i = 0; i < n; i++) {
+		int kept = 0;
+
+		for (j = 0; j < p->nlisten; j++)
+			if (p->lis[j].fd == lis[i].fd && p->lis[j].kept) {
+				p->lis[j].kept = 0;
+				kept = 1;
+			}
+		if (!kept)
+			fd_close(lis[i].fd);
+	}
+	free(lis);
+}
+
+/*
+ * Binds every address the local host of each new service resolves to,
+ * keeping the listeners of p whose address is unchanged.  With port 0
+ * the first bind picks the port and the others reuse it.  An address
+ * family the host lacks (no IPv6, say) is skipped if another one works.
+ * Returns the new listener array (its length in *n), or NULL.
+ */
+static struct listener *
+listeners_plan(struct tcpproxy *p, struct service *head, size_t *n,
+    char *err, size_t errlen)
+{
+	struct listener *lis = NULL, *l, *grown;
+	struct service *svc;
+	struct addr *a;
+	size_t i, j, k, na, first;
+	int saved;
+
+	*n = 0;
+	for (svc = head; svc != NULL; svc = svc->next) {
+		char msg[256];
+		int port;
+
+		if ((a = addrs_resolve(svc->local_host, svc->local_port, 1, &na,
+		    msg, sizeof(msg))) == NULL) {
+			fail(err, errlen, errno, "%s%s", svc->where, msg);
+			goto bad;
+		}
+		if ((grown = realloc(lis, (*n + na) * sizeof(*lis))) == NULL) {
+			free(a);
+			fail(err, errlen, ENOMEM, "out of memory");
+			goto bad;
+		}
+		lis = grown;
+		first = *n;
+		port = 0;
+		for (i = 0; i < na; i++) {
+			l = &lis[*n];
+			memset(l, 0, sizeof(*l));
+			l->svc = svc;
+			l->a = a[i];
+			if (port != 0)
+				addr_set_port((struct sockaddr *)&l->a.ss, port);
+			if ((grown = listener_find(p, svc, &l->a)) != NULL) {
+				grown->kept = 1;
+				l->fd = grown->fd;
+				l->a = grown->a;
+			} else if ((l->fd = listen_on((struct sockaddr *)
+			    &l->a.ss, l->a.len)) == -1) {
+				saved = errno;
+				addr_name((struct sockaddr *)&l->a.ss, l->a.len,
+				    msg, sizeof(msg));
+				if ((saved == EADDRNOTAVAIL ||
+				    saved == EAFNOSUPPORT) &&
+				    (i + 1 < na || *n > first)) {
+					say(p, TCPPROXY_LOG_ERROR, "skipping "
+					    "%s: %s", msg, strerror(saved));
+					continue;
+				}
+				free(a);
+				fail(err, errlen, saved, "%scannot listen on "
+				    "%s: %s", svc->where, msg,
+				    strerror(saved));
+				goto bad;
+			} else {
+				socklen_t len = sizeof(l->a.ss);
+
+				(void)getsockname(l->fd,
+				    (struct sockaddr *)&l->a.ss, &len);
+				l->a.len = len;
+				addr_name((struct sockaddr *)&l->a.ss, len,
+				    l->a.name, sizeof(l->a.name));
+			}
+			if (port == 0)
+				port = fd_port(l->fd);
+			(*n)++;
+		}
+		free(a);
+	}
+	/* A service relaying to a listener of the proxy would loop. */
+	for (svc = head; svc != NULL; svc = svc->next)
+		for (k = 0; k < svc->nbackends; k++)
+			for (j = 0; j < svc->backends[k]->naddrs; j++)
+				for (i = 0; i < *n; i++)
+					if (addr_is_self(
+					    &svc->backends[k]->addrs[j],
+					    &lis[i].a)) {
+						fail(err, errlen, ELOOP, "%s"
+						    "remote address %s is "
+						    "the proxy's own listening"
+						    " address", svc->where,
+						    svc->backends[k]->
+						    addrs[j].name);
+						goto bad;
+					}
+	return lis;
+bad:
+	saved = errno;
+	plan_abandon(p, lis, *n);
+	errno = saved;
+	return NULL;
+}
+
+/*
+ * Finds, among p's live services, the record of the same name as svc,
+ * and gives svc its state and the backends whose names are unchanged, so
+ * health and counters carry over.  The fresh addresses svc resolved
+ * replace the old ones.
+ */
+static void
+service_inherit(struct tcpproxy *p, struct service *svc)
+{
+	struct service *old;
+	size_t i, j;
+
+	for (old = p->services; old != NULL && !old->retired; old = old->next)
+		if (strcmp(old->name, svc->name) == 0)
+			break;
+	if (old == NULL || old->retired)
+		return;
+	state_put(svc->st);
+	svc->st = old->st;
+	svc->st->refs++;
+	for (i = 0; i < svc->nbackends; i++) {
+		struct backend *nb = svc->backends[i];
+
+		for (j = 0; j < old->nbackends; j++) {
+			struct backend *ob = old->backends[j];
+
+			if (strcmp(ob->name, nb->name) != 0)
+				continue;
+			free(ob->addrs);
+			ob->addrs = nb->addrs;
+			ob->naddrs = nb->naddrs;
+			nb->addrs = NULL;
+			ob->check_addr = 0;
+			backend_put(nb);
+			ob->refs++;
+			svc->backends[i] = ob;
+			break;
+		}
+	}
+}
+
+/*
+ * Gives the health-checked backends of the live services their pollfd
+ * slots after the listeners, spreads their first checks over one period,
+ * and sets p->base.  Every check in flight was closed before.
+ */
+static void
+checks_plan(struct tcpproxy *p)
+{
+	struct service *svc;
+	size_t k, n = 0, i = 0;
+
+	for (svc = p->services; svc != NULL && !svc->retired; svc = svc->next)
+		if (svc->health_check > 0)
+			n += svc->nbackends;
+	for (svc = p->services; svc != NULL && !svc->retired; svc = svc->next)
+		for (k = 0; k < svc->nbackends && svc->health_check > 0; k++) {
+			struct backend *be = svc->backends[k];
+
+			be->check_slot = 1 + p->nlisten + i++;
+			be->check_at = p->now + svc->health_check *
+			    (long long)i / (long long)(n + 1);
+		}
+	p->nchecks = n;
+	p->base = 1 + p->nlisten + n;
+}
+
+/*
+ * Switches p to the services cfg describes.  Everything that can fail
+ * (names, binds) is done first; the running configuration is touched
+ * only once nothing can.  Returns 0, or -1 with errno and err set.
+ */
+static int
+engine_switch(struct tcpproxy *p, const struct tcpproxy_config *cfg,
+    char *err, size_t errlen)
+{
+	struct service *head, *svc, *next, *retired;
+	struct listener *lis;
+	struct pollfd *pfd;
+	size_t count, nlis, i, oldbase = p->base;
+	int saved;
+
+	p->now = now_ms();
+	if ((head = services_build(p, cfg, &count, err, errlen)) == NULL)
+		return -1;
+	if ((lis = listeners_plan(p, head, &nlis, err, errlen)) == NULL)
+		goto bad;
+	for (svc = head, i = 0; svc != NULL; svc = svc->next)
+		if (svc->health_check > 0)
+			i += svc->nbackends;
+	if ((pfd = calloc(1 + nlis + i + 2 * p->cap, sizeof(*pfd))) == NULL) {
+		plan_abandon(p, lis, nlis);
+		fail(err, errlen, ENOMEM, "out of memory");
+		goto bad;
+	}
+	/* Nothing can fail from here on. */
+	checks_close(p);
+	for (svc = head; svc != NULL; svc = svc->next)
+		service_inherit(p, svc);
+	for (i = 0; i < p->nlisten; i++)
+		if (!p->lis[i].kept)
+			fd_close(p->lis[i].fd);
+	free(p->lis);
+	p->lis = lis;
+	p->nlisten = nlis;
+	/* The old records follow the new ones; each goes with its last
+	 * bridge, or now. */
+	retired = p->services;
+	p->services = head;
+	for (svc = head; svc->next != NULL; svc = svc->next)
+		;
+	svc->next = retired;
+	for (svc = retired; svc != NULL; svc = next) {
+		next = svc->next;
+		if (!svc->retired) {
+			svc->retired = 1;
+			service_put(p, svc);
+		}
+	}
+	p->nlive = count;
+	pfd[0].fd = p->wake[0];
+	pfd[0].events = POLLIN;
+	checks_plan(p);
+	for (i = p->nlisten + 1; i < p->base; i++)
+		pfd[i].fd = -1;
+	if (p->pfd != NULL)
+		memcpy(pfd + p->base, p->pfd + oldbase,
+		    2 * p->nbridges * sizeof(*pfd));
+	free(p->pfd);
+	p->pfd = pfd;
+	for (i = 0; i < p->nlisten; i++)
+		p->lis[i].kept = 0;
+	if (p->accepting != ACCEPT_OFF)
+		listeners_update(p);
+	return 0;
+bad:
+	saved = errno;
+	while (head != NULL) {
+		svc = head->next;
+		service_free(head);
+		head = svc;
+	}
+	errno = saved;
+	return -1;
+}
+
 /* ---- public API ---- */
+
+void
+tcpproxy_service_init(struct tcpproxy_service *svc)
+{
+	memset(svc, 0, sizeof(*svc));
+	svc->connect_timeout = TCPPROXY_CONNECT_TIMEOUT;
+	svc->buffer_size = TCPPROXY_BUFFER_SIZE;
+	svc->fails = 1;
+	svc->down_time = TCPPROXY_DOWN_TIME;
+}
 
 void
 tcpproxy_config_init(struct tcpproxy_config *cfg)
@@ -1739,151 +3295,7 @@ tcpproxy_config_init(struct tcpproxy_config *cfg)
 	cfg->grace = TCPPROXY_GRACE;
 	cfg->buffer_size = TCPPROXY_BUFFER_SIZE;
 	cfg->verbosity = TCPPROXY_LOG_INFO;
-}
-
-/* Returns whether s is a port number 0..65535 (1.. if !zero_ok). */
-static int
-port_ok(const char *s, int zero_ok)
-{
-	size_t i;
-	long v;
-
-	for (i = 0; s[i] >= '0' && s[i] <= '9'; i++)
-		;
-	if (i == 0 || i > 5 || s[i] != '\0')
-		return 0;
-	v = strtol(s, NULL, 10);
-	return v <= 65535 && (zero_ok || v > 0);
-}
-
-/* Resolves the remote address into p->targets; returns 0 or -1. */
-static int
-targets_resolve(struct tcpproxy *p, const struct tcpproxy_config *cfg,
-    char *err, size_t errlen)
-{
-	struct addrinfo *res, *ai;
-	size_t n;
-
-	if (resolve(cfg->remote_host, cfg->remote_port, 0, &res, &n, err,
-	    errlen) == -1)
-		return -1;
-	if ((p->targets = calloc(n, sizeof(*p->targets))) == NULL) {
-		freeaddrinfo(res);
-		fail(err, errlen, ENOMEM, "out of memory");
-		return -1;
-	}
-	for (ai = res; ai != NULL; ai = ai->ai_next) {
-		struct target *t = &p->targets[p->ntargets];
-
-		if (addr_seen(res, ai) || ai->ai_addrlen > sizeof(t->addr))
-			continue;
-		memcpy(&t->addr, ai->ai_addr, ai->ai_addrlen);
-		t->len = ai->ai_addrlen;
-		addr_name(ai->ai_addr, ai->ai_addrlen, t->name, sizeof(t->name));
-		p->ntargets++;
-	}
-	freeaddrinfo(res);
-	if (p->ntargets == 0) {
-		fail(err, errlen, EADDRNOTAVAIL, "cannot resolve '%s': "
-		    "no usable address", cfg->remote_host);
-		return -1;
-	}
-	return 0;
-}
-
-/*
- * Binds every address the local host resolves to.  With port 0 the first
- * bind picks the port and the others reuse it.  An address family the
- * host lacks (no IPv6, say) is skipped if another one works.
- */
-static int
-listeners_open(struct tcpproxy *p, const struct tcpproxy_config *cfg,
-    char *err, size_t errlen)
-{
-	struct addrinfo *res, *ai;
-	char name[ADDR_NAME_MAX];
-	size_t n;
-	int port = (int)strtol(cfg->local_port, NULL, 10), saved = 0;
-
-	if (resolve(cfg->local_host, cfg->local_port, 1, &res, &n, err,
-	    errlen) == -1)
-		return -1;
-	if ((p->lfd = calloc(n, sizeof(*p->lfd))) == NULL) {
-		freeaddrinfo(res);
-		fail(err, errlen, ENOMEM, "out of memory");
-		return -1;
-	}
-	for (ai = res; ai != NULL; ai = ai->ai_next) {
-		int fd;
-
-		if (addr_seen(res, ai))
-			continue;
-		if (port != 0)
-			addr_set_port(ai->ai_addr, port);
-		addr_name(ai->ai_addr, ai->ai_addrlen, name, sizeof(name));
-		if ((fd = listen_on(ai->ai_addr, ai->ai_addrlen)) == -1) {
-			saved = errno;
-			if ((saved == EADDRNOTAVAIL || saved == EAFNOSUPPORT) &&
-			    (ai->ai_next != NULL || p->nlisten > 0)) {
-				say(p, TCPPROXY_LOG_ERROR, "skipping %s: %s",
-				    name, strerror(saved));
-				continue;
-			}
-			freeaddrinfo(res);
-			fail(err, errlen, saved, "cannot listen on %s: %s",
-			    name, strerror(saved));
-			return -1;
-		}
-		p->lfd[p->nlisten++] = fd;
-		if (port == 0)
-			port = fd_port(fd);
-	}
-	freeaddrinfo(res);
-	if (p->nlisten == 0) {
-		fail(err, errlen, saved ? saved : EADDRNOTAVAIL,
-		    "cannot listen on '%s'", cfg->local_host);
-		return -1;
-	}
-	p->port = port;
-	return 0;
-}
-
-/*
- * Returns whether connecting to target t could reach listener fd: same
- * family and port, and the same address, or a wildcard listener and a
- * loopback target.  A proxy relaying to itself would eat every
- * descriptor in a loop.
- */
-static int
-target_is_self(const struct target *t, int fd)
-{
-	static const unsigned char any6[16], lo6[16] = { [15] = 1 };
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-
-	if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1 ||
-	    ss.ss_family != t->addr.ss_family)
-		return 0;
-	if (ss.ss_family == AF_INET) {
-		const struct sockaddr_in *l = (const void *)&ss;
-		const struct sockaddr_in *r = (const void *)&t->addr;
-		unsigned long a = ntohl(r->sin_addr.s_addr);
-
-		return l->sin_port == r->sin_port &&
-		    (l->sin_addr.s_addr == r->sin_addr.s_addr ||
-		    (l->sin_addr.s_addr == htonl(INADDR_ANY) &&
-		    (a >> 24) == 127));
-	}
-	if (ss.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *l = (const void *)&ss;
-		const struct sockaddr_in6 *r = (const void *)&t->addr;
-
-		return l->sin6_port == r->sin6_port &&
-		    (memcmp(&l->sin6_addr, &r->sin6_addr, 16) == 0 ||
-		    (memcmp(&l->sin6_addr, any6, 16) == 0 &&
-		    memcmp(&r->sin6_addr, lo6, 16) == 0));
-	}
-	return 0;
+	cfg->program.workers = 1;
 }
 
 /* Creates the wake pipe; returns 0 or -1. */
@@ -1899,79 +3311,180 @@ wake_open(struct tcpproxy *p)
 	return 0;
 }
 
+/* Logs the ready line of every listener. */
+static void
+listeners_announce(struct tcpproxy *p, int only_new)
+{
+	size_t i;
+
+	for (i = 0; i < p->nlisten; i++)
+		if (!only_new || p->lis[i].kept)
+			say(p, TCPPROXY_LOG_ERROR, "listening on %s%s",
+			    p->lis[i].a.name, p->lis[i].svc->tag);
+}
+
+/* Checks the engine-wide settings of cfg; returns 0 or -1. */
+static int
+engine_check(const struct tcpproxy_config *cfg, char *err, size_t errlen)
+{
+	if (cfg == NULL || !(cfg->grace >= 0) ||
+	    cfg->busy_poll > TCPPROXY_BUSY_POLL_MAX)
+		return failed(err, errlen, EINVAL, "invalid configuration");
+	return 0;
+}
+
 struct tcpproxy *
 tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 {
 	struct tcpproxy *p;
-	char name[ADDR_NAME_MAX];
-	size_t i;
 	int saved;
 
-	/* getaddrinfo() takes "99999" on some systems: check ourselves. */
-	if (cfg == NULL || cfg->local_port == NULL ||
-	    cfg->remote_host == NULL || cfg->remote_port == NULL ||
-	    !port_ok(cfg->local_port, 1) || !port_ok(cfg->remote_port, 0) ||
-	    !(cfg->connect_timeout >= 0) || !(cfg->idle_timeout >= 0) ||
-	    !(cfg->grace >= 0) || cfg->busy_poll > TCPPROXY_BUSY_POLL_MAX)
-		return fail(err, errlen, EINVAL, "invalid configuration");
+	if (engine_check(cfg, err, errlen) == -1)
+		return NULL;
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		return fail(err, errlen, ENOMEM, "out of memory");
 	p->cfg = *cfg;
+	p->cfg.services = NULL;
+	p->cfg.nservices = 0;
 	p->cfg.local_host = p->cfg.local_port = NULL;
 	p->cfg.remote_host = p->cfg.remote_port = NULL;
 	p->slice_period = 1;
-	p->bufsize = cfg->buffer_size ? cfg->buffer_size :
-	    TCPPROXY_BUFFER_SIZE;
-	if (p->bufsize < room_min(p))
-		p->bufsize = room_min(p);
-	p->timers[TIMER_CONNECT].timeout = secs_to_ms(cfg->connect_timeout);
-	p->timers[TIMER_IDLE].timeout = secs_to_ms(cfg->idle_timeout);
-	p->timers[TIMER_FDWAIT].timeout = p->timers[TIMER_CONNECT].timeout;
-	/* A bucket of 1/20 s: smooth, yet reads stay worth a system call. */
-	p->burst = (double)cfg->rate / 20;
-	if (p->burst > (double)p->bufsize)
-		p->burst = (double)p->bufsize;
-	if (p->burst < 1)
-		p->burst = 1;
 	p->now = now_ms();
+	p->seed = (unsigned int)getpid() ^ (unsigned int)p->now;
 	p->wake[0] = p->wake[1] = -1;
-	if (targets_resolve(p, cfg, err, errlen) == -1 ||
-	    listeners_open(p, cfg, err, errlen) == -1)
-		goto bad;
-	for (i = 0; i < p->ntargets * p->nlisten; i++) {
-		if (target_is_self(&p->targets[i / p->nlisten],
-		    p->lfd[i % p->nlisten])) {
-			fail(err, errlen, ELOOP, "remote address %s is the "
-			    "proxy's own listening address",
-			    p->targets[i / p->nlisten].name);
-			goto bad;
-		}
-	}
-	if (wake_open(p) == -1 ||
-	    (p->spare = calloc(TCPPROXY_SPARE_BUFFERS, sizeof(char *))) ==
-	    NULL || table_grow(p) == -1) {
+	if (wake_open(p) == -1 || table_grow(p) == -1) {
 		fail(err, errlen, errno, "cannot start: %s", strerror(errno));
 		goto bad;
 	}
-	p->pfd[0].fd = p->wake[0];
-	p->pfd[0].events = POLLIN;
 	p->accepting = ACCEPT_ON;
-	listeners_update(p);
-	for (i = 0; i < p->nlisten; i++) {
-		struct sockaddr_storage ss;
-		socklen_t len = sizeof(ss);
-
-		if (getsockname(p->lfd[i], (struct sockaddr *)&ss, &len) == 0)
-			say(p, TCPPROXY_LOG_ERROR, "listening on %s",
-			    addr_name((struct sockaddr *)&ss, len, name,
-			    sizeof(name)));
-	}
+	if (engine_switch(p, cfg, err, errlen) == -1)
+		goto bad;
+	listeners_announce(p, 0);
 	return p;
 bad:
 	saved = errno;
 	tcpproxy_free(p);
 	errno = saved;
 	return NULL;
+}
+
+int
+tcpproxy_reload(struct tcpproxy *p, const struct tcpproxy_config *cfg,
+    char *err, size_t errlen)
+{
+	size_t i;
+
+	if (engine_check(cfg, err, errlen) == -1)
+		return -1;
+	if (p->stopping)
+		return failed(err, errlen, ECANCELED, "stopping");
+	if (engine_switch(p, cfg, err, errlen) == -1)
+		return -1;
+	p->cfg.grace = cfg->grace;
+	p->cfg.busy_poll = cfg->busy_poll;
+	p->cfg.verbosity = cfg->verbosity;
+	/* The listeners bound by this reload say so, like at start. */
+	for (i = 0; i < p->nlisten; i++)
+		p->lis[i].kept = 1;
+	say(p, TCPPROXY_LOG_ERROR, "reloaded: %lu services, %lu listeners",
+	    p->nlive, (unsigned long)p->nlisten);
+	for (i = 0; i < p->nlisten; i++)
+		p->lis[i].kept = 0;
+	return 0;
+}
+
+unsigned long
+tcpproxy_config_check(const struct tcpproxy_config *cfg,
+    void (*report)(void *user, const char *line), void *user)
+{
+	struct tcpproxy_service simple;
+	struct tcpproxy_backend simple_be;
+	struct tcpproxy p0;
+	struct service **built;
+	struct addr *a;
+	char err[512];
+	size_t n, i, j, k, l, na;
+	unsigned long problems = 0;
+	struct {
+		struct addr a;
+		size_t svc;
+	} *seen = NULL, *grown;
+	size_t nseen = 0;
+
+	memset(&p0, 0, sizeof(p0));
+	if (cfg == NULL)
+		return 1;
+	p0.cfg = *cfg;
+	if (engine_check(cfg, err, sizeof(err)) == -1) {
+		report(user, err);
+		problems++;
+	}
+	n = cfg->nservices + (cfg->local_port != NULL);
+	if (n == 0) {
+		report(user, "no service configured");
+		return problems + 1;
+	}
+	if ((built = calloc(n, sizeof(*built))) == NULL) {
+		report(user, "out of memory");
+		return problems + 1;
+	}
+	if (cfg->local_port != NULL)
+		service_from_config(&simple, &simple_be, cfg);
+	for (i = 0; i < n; i++) {
+		const struct tcpproxy_service *spec = cfg->local_port != NULL ?
+		    (i == 0 ? &simple : &cfg->services[i - 1]) :
+		    &cfg->services[i];
+
+		if ((built[i] = service_build(&p0, spec, err, sizeof(err))) ==
+		    NULL) {
+			report(user, err);
+			problems++;
+			continue;
+		}
+		for (j = 0; j < i; j++)
+			if (built[j] != NULL &&
+			    strcmp(built[j]->name, built[i]->name) == 0) {
+				snprintf(err, sizeof(err), "%sservice name "
+				    "'%s' is used twice", built[i]->where,
+				    built[i]->name);
+				report(user, err);
+				problems++;
+			}
+		if ((a = addrs_resolve(built[i]->local_host,
+		    built[i]->local_port, 1, &na, err, sizeof(err))) == NULL) {
+			char msg[600];
+
+			snprintf(msg, sizeof(msg), "%s%s", built[i]->where, err);
+			report(user, msg);
+			problems++;
+			continue;
+		}
+		/* The same address and port twice would fail at bind. */
+		for (k = 0; k < na && addr_port(&a[k]) != 0; k++) {
+			for (l = 0; l < nseen; l++)
+				if (addr_equal(&seen[l].a, &a[k], 1)) {
+					snprintf(err, sizeof(err), "%slisten "
+					    "address %s is also service '%s''s",
+					    built[i]->where, a[k].name,
+					    built[seen[l].svc]->name);
+					report(user, err);
+					problems++;
+					break;
+				}
+			if ((grown = realloc(seen, (nseen + 1) *
+			    sizeof(*seen))) != NULL) {
+				seen = grown;
+				seen[nseen].a = a[k];
+				seen[nseen++].svc = i;
+			}
+		}
+		free(a);
+	}
+	for (i = 0; i < n; i++)
+		service_free(built[i]);
+	free(built);
+	free(seen);
+	return problems;
 }
 
 int
@@ -1984,15 +3497,34 @@ tcpproxy_run(struct tcpproxy *p)
 	return rc;
 }
 
-void
-tcpproxy_stop(struct tcpproxy *p)
+/* Writes one request byte to the wake pipe, keeping errno. */
+static void
+wake_send(struct tcpproxy *p, char what)
 {
 	int saved = errno;
 
 	/* A full pipe already holds a wake-up: nothing is lost. */
-	if (write(p->wake[1], "", 1) < 0)
+	if (write(p->wake[1], &what, 1) < 0)
 		errno = saved;
 	errno = saved;
+}
+
+void
+tcpproxy_stop(struct tcpproxy *p)
+{
+	wake_send(p, 's');
+}
+
+void
+tcpproxy_drain(struct tcpproxy *p)
+{
+	wake_send(p, 'd');
+}
+
+void
+tcpproxy_wake(struct tcpproxy *p)
+{
+	wake_send(p, 'w');
 }
 
 int
@@ -2012,7 +3544,7 @@ tcpproxy_after_fork(struct tcpproxy *p, int worker)
 int
 tcpproxy_bound_port(const struct tcpproxy *p)
 {
-	return p->port;
+	return p->nlisten > 0 ? addr_port(&p->lis[0].a) : -1;
 }
 
 unsigned long
@@ -2021,9 +3553,97 @@ tcpproxy_bridges(const struct tcpproxy *p)
 	return (unsigned long)p->nbridges;
 }
 
+size_t
+tcpproxy_stats(const struct tcpproxy *p, struct tcpproxy_stats *out,
+    size_t n)
+{
+	const struct service *svc;
+	size_t count = 0, k, i;
+	int s;
+
+	for (svc = p->services; svc != NULL && !svc->retired;
+	    svc = svc->next) {
+		for (k = 0; k <= svc->nbackends; k++, count++) {
+			struct tcpproxy_stats *o;
+			const struct backend *be = k > 0 ?
+			    svc->backends[k - 1] : NULL;
+
+			if (count >= n)
+				continue;
+			o = &out[count];
+			memset(o, 0, sizeof(*o));
+			o->service = svc->name;
+			if (be == NULL) {
+				o->open = svc->st->open;
+				o->total = svc->st->total;
+				o->refused = svc->st->refused;
+				o->failed = svc->st->failed;
+				o->bytes[0] = svc->st->bytes[0];
+				o->bytes[1] = svc->st->bytes[1];
+				continue;
+			}
+			o->backend = be->name;
+			o->open = be->open;
+			o->total = be->total;
+			o->failed = be->failed;
+			o->bytes[0] = be->bytes[0];
+			o->bytes[1] = be->bytes[1];
+			o->down = be->down;
+			if (be->down)
+				o->down_for = (double)(now_ms() -
+				    be->down_since) / 1000.0;
+		}
+	}
+	/* Bytes the open bridges delivered so far count too. */
+	for (i = 0; i < p->nbridges; i++) {
+		const struct bridge *b = p->tab[i];
+		size_t j;
+
+		for (j = 0; j < count && j < n; j++)
+			if (strcmp(out[j].service, b->svc->name) == 0 &&
+			    (out[j].backend == NULL || (b->be != NULL &&
+			    strcmp(out[j].backend, b->be->name) == 0)))
+				for (s = CLIENT; s <= SERVER; s++)
+					out[j].bytes[s] += b->flow[s].bytes;
+	}
+	return count;
+}
+
+void
+tcpproxy_log_stats(struct tcpproxy *p)
+{
+	struct tcpproxy_stats *st;
+	size_t n, i;
+
+	n = tcpproxy_stats(p, NULL, 0);
+	if ((st = calloc(n + 1, sizeof(*st))) == NULL) {
+		say(p, TCPPROXY_LOG_ERROR, "stats: out of memory");
+		return;
+	}
+	n = tcpproxy_stats(p, st, n);
+	for (i = 0; i < n; i++) {
+		if (st[i].backend == NULL)
+			say(p, TCPPROXY_LOG_ERROR, "stats service=%s%s open=%lu "
+			    "total=%llu refused=%llu failed=%llu up=%llu "
+			    "down=%llu", st[i].service, p->worker, st[i].open,
+			    st[i].total, st[i].refused, st[i].failed,
+			    st[i].bytes[0], st[i].bytes[1]);
+		else
+			say(p, TCPPROXY_LOG_ERROR, "stats service=%s%s "
+			    "backend=%s state=%s down_for=%.3f open=%lu "
+			    "total=%llu failed=%llu up=%llu down=%llu",
+			    st[i].service, p->worker, st[i].backend,
+			    st[i].down ? "down" : "up", st[i].down_for,
+			    st[i].open, st[i].total, st[i].failed,
+			    st[i].bytes[0], st[i].bytes[1]);
+	}
+	free(st);
+}
+
 void
 tcpproxy_free(struct tcpproxy *p)
 {
+	struct service *svc;
 	size_t i;
 
 	if (p == NULL)
@@ -2032,18 +3652,925 @@ tcpproxy_free(struct tcpproxy *p)
 	while (p->nbridges > 0)
 		bridge_close(p, p->tab[p->nbridges - 1]);
 	for (i = 0; i < p->nlisten; i++)
-		fd_close(p->lfd[i]);
+		fd_close(p->lis[i].fd);
+	while ((svc = p->services) != NULL) {
+		p->services = svc->next;
+		service_free(svc);
+	}
 	fd_close(p->wake[0]);
 	fd_close(p->wake[1]);
-	for (i = 0; i < p->nspare; i++)
-		free(p->spare[i]);
-	free(p->spare);
 	free(p->tab);
 	free(p->ready);
 	free(p->pfd);
-	free(p->lfd);
-	free(p->targets);
+	free(p->lis);
 	free(p);
+}
+
+/* ---- the grammar: options, rules, config files ---- */
+
+/*
+ * One table describes every option of the command line, of config files
+ * and of the library's parser.  A row says what kind of value it takes,
+ * where it may appear and where the value goes: a field of struct
+ * tcpproxy_service (a rule's setting) or of struct tcpproxy_config (the
+ * whole process).
+ */
+enum {
+	K_FLAG,			/* int set to 1 */
+	K_SECS,			/* double, seconds >= 0 */
+	K_SIZE,			/* size_t, 1.. with k/m/g */
+	K_ULL,			/* unsigned long long, 1.. with k/m/g */
+	K_COUNT,		/* unsigned long, 1.. with k/m/g */
+	K_USECS,		/* unsigned long, 1.. in digits */
+	K_STR,			/* const char * */
+	K_ALLOW, K_DENY,	/* appended to a rule's access list */
+	K_BALANCE,		/* enum tcpproxy_balance */
+	K_QUIET, K_VERBOSE	/* verbosity */
+};
+enum { S_RULE, S_PROC, S_CMD };	/* per rule, per process, command line */
+
+struct opt {
+	const char *name;
+	char letter;
+	unsigned char kind, scope;
+	size_t off;
+	unsigned long long max;
+};
+
+#define SVC(f) offsetof(struct tcpproxy_service, f)
+#define CFG(f) offsetof(struct tcpproxy_config, f)
+#define GIG (1024ULL * 1024 * 1024)
+
+static const struct opt opts[] = {
+	{ "allow", 'a', K_ALLOW, S_RULE, 0, 0 },
+	{ "balance", 0, K_BALANCE, S_RULE, SVC(balance), 0 },
+	{ "buffer-size", 'b', K_SIZE, S_RULE, SVC(buffer_size), GIG },
+	{ "busy-poll", 0, K_USECS, S_PROC, CFG(busy_poll),
+	    TCPPROXY_BUSY_POLL_MAX },
+	{ "check-config", 0, K_FLAG, S_CMD, CFG(program.check_config), 0 },
+	{ "config", 'f', K_STR, S_CMD, CFG(program.config_file), 0 },
+	{ "connect-timeout", 't', K_SECS, S_RULE, SVC(connect_timeout), 0 },
+	{ "deny", 'd', K_DENY, S_RULE, 0, 0 },
+	{ "down-time", 0, K_SECS, S_RULE, SVC(down_time), 0 },
+	{ "dump-dir", 0, K_STR, S_PROC, CFG(program.dump_dir), 0 },
+	{ "dump-file", 0, K_STR, S_PROC, CFG(program.dump_file), 0 },
+	{ "fails", 0, K_COUNT, S_RULE, SVC(fails), 1000000 },
+	{ "grace", 0, K_SECS, S_PROC, CFG(grace), 0 },
+	{ "half-close", 'H', K_FLAG, S_RULE, SVC(half_close), 0 },
+	{ "health-check", 0, K_SECS, S_RULE, SVC(health_check), 0 },
+	{ "help", 'h', K_FLAG, S_CMD, CFG(program.help), 0 },
+	{ "hexdump", 'x', K_FLAG, S_PROC, CFG(program.hexdump), 0 },
+	{ "idle-timeout", 'i', K_SECS, S_RULE, SVC(idle_timeout), 0 },
+	{ "max-bytes", 0, K_ULL, S_RULE, SVC(max_bytes), ULLONG_MAX / 2 },
+	{ "max-clients", 'c', K_COUNT, S_RULE, SVC(max_clients), 1000000000 },
+	{ "max-per-source", 0, K_COUNT, S_RULE, SVC(max_per_source),
+	    1000000000 },
+	{ "name", 0, K_STR, S_RULE, SVC(name), 0 },
+	{ "pid-file", 0, K_STR, S_PROC, CFG(program.pid_file), 0 },
+	{ "quiet", 'q', K_QUIET, S_PROC, CFG(verbosity), 0 },
+	{ "rate", 0, K_ULL, S_RULE, SVC(rate), ULLONG_MAX / 2 },
+	{ "source", 's', K_STR, S_RULE, SVC(source), 0 },
+	{ "user", 'u', K_STR, S_PROC, CFG(program.user), 0 },
+	{ "verbose", 'v', K_VERBOSE, S_PROC, CFG(verbosity), 0 },
+	{ "version", 'V', K_FLAG, S_CMD, CFG(program.version), 0 },
+	{ "workers", 'w', K_COUNT, S_PROC, CFG(program.workers), 1024 }
+};
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+/* An allocation of a parse, freed with all the others. */
+struct block {
+	struct block *next;
+	union { long double ld; long long ll; void *p; } align[1];
+};
+
+/* What tcpproxy_config_parse() made: cfg->owned. */
+struct owned {
+	struct block *blocks;
+	struct tcpproxy_service *services;
+	size_t nservices, cap;
+	struct tcpproxy_service defaults;	/* the command line's */
+};
+
+/* The state of one parse: where the words come from, what they fill. */
+struct parse {
+	struct tcpproxy_config *cfg;
+	struct owned *own;
+	struct tcpproxy_service *defaults;	/* what a new rule starts as */
+	const char *file;		/* NULL: the command line */
+	unsigned long line;
+	int process_only;		/* apply only S_PROC options */
+	char *err;
+	size_t errlen;
+};
+
+/* Formats an error naming the place ("FILE:LINE: "); returns -1. */
+static int
+parse_error(const struct parse *ps, const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (ps->file != NULL)
+		return failed(ps->err, ps->errlen, EINVAL, "%s:%lu: %s",
+		    ps->file, ps->line, msg);
+	return failed(ps->err, ps->errlen, EINVAL, "%s", msg);
+}
+
+/* Returns n zeroed bytes that live as long as the parse; NULL if OOM. */
+static void *
+parse_alloc(struct parse *ps, size_t n)
+{
+	struct block *b = calloc(1, sizeof(*b) + n);
+
+	if (b == NULL)
+		return NULL;
+	b->next = ps->own->blocks;
+	ps->own->blocks = b;
+	return b->align;
+}
+
+/* Returns a copy of n bytes of s as a string; NULL if OOM. */
+static char *
+parse_strndup(struct parse *ps, const char *s, size_t n)
+{
+	char *d = parse_alloc(ps, n + 1);
+
+	if (d != NULL)
+		memcpy(d, s, n);
+	return d;
+}
+
+/*
+ * Appends one item of size bytes to the array *arr of *n items, by
+ * copying it into a new block: arrays of a parse are short.  Returns 0,
+ * or -1 if out of memory.
+ */
+static int
+parse_append(struct parse *ps, const void *arr_in, size_t *n, size_t size,
+    const void *item, const void **arr_out)
+{
+	char *grown = parse_alloc(ps, (*n + 1) * size);
+
+	if (grown == NULL)
+		return parse_error(ps, "out of memory");
+	if (*n > 0)
+		memcpy(grown, arr_in, *n * size);
+	memcpy(grown + *n * size, item, size);
+	(*n)++;
+	*arr_out = grown;
+	return 0;
+}
+
+/* Parses seconds >= 0, fractions allowed, into *v; returns 0 or -1. */
+static int
+parse_secs(struct parse *ps, const char *s, const char *opt, double *v)
+{
+	char *end = NULL;
+	int ok = 0;
+
+	/* Digits first: strtod() would also take "inf", "nan", " 1". */
+	errno = 0;
+	if (*s == '.' || (*s >= '0' && *s <= '9')) {
+		*v = strtod(s, &end);
+		ok = end != s && *end == '\0' && errno == 0 && *v >= 0 &&
+		    *v <= 1e9;
+	}
+	if (!ok)
+		return parse_error(ps, "invalid %s '%s': not a number of "
+		    "seconds >= 0", opt, s);
+	return 0;
+}
+
+/*
+ * Parses a count 1..max, digits and (if suffix) an optional k/m/g, into
+ * *v; returns 0 or -1.
+ */
+static int
+parse_size(struct parse *ps, const char *s, const char *opt,
+    unsigned long long max, int suffix, unsigned long long *v)
+{
+	unsigned long long n = 0, mult = 1;
+	const char *q = s;
+
+	if (*q < '0' || *q > '9')
+		return parse_error(ps, "invalid %s '%s': not a positive number",
+		    opt, s);
+	for (; *q >= '0' && *q <= '9'; q++) {
+		if (n > (max - (unsigned)(*q - '0')) / 10)
+			return parse_error(ps, "invalid %s '%s': too large",
+			    opt, s);
+		n = n * 10 + (unsigned)(*q - '0');
+	}
+	switch (suffix ? *q : '\0') {
+	case 'k': case 'K': mult = 1024; q++; break;
+	case 'm': case 'M': mult = 1024 * 1024; q++; break;
+	case 'g': case 'G': mult = GIG; q++; break;
+	default: break;
+	}
+	if (*q != '\0')
+		return parse_error(ps, "invalid %s '%s': not a positive "
+		    "number%s", opt, s, suffix ? "" : " (digits only)");
+	if (n == 0)
+		return parse_error(ps, "invalid %s '%s': must be at least 1",
+		    opt, s);
+	if (n > max / mult)
+		return parse_error(ps, "invalid %s '%s': too large", opt, s);
+	*v = n * mult;
+	return 0;
+}
+
+/*
+ * Looks up an option: a letter, or a long name or a unique prefix of
+ * one.  Returns the row, or NULL after an error naming the word.
+ */
+static const struct opt *
+opt_find(struct parse *ps, const char *word, const char *name, size_t len,
+    char letter)
+{
+	const struct opt *hit = NULL;
+	char list[256] = "";
+	size_t i, nhits = 0;
+
+	for (i = 0; i < NOPTS; i++) {
+		if (letter != 0) {
+			if (opts[i].letter == letter)
+				return &opts[i];
+			continue;
+		}
+		if (strncmp(opts[i].name, name, len) != 0)
+			continue;
+		if (opts[i].name[len] == '\0')
+			return &opts[i];	/* exact beats prefix */
+		hit = &opts[i];
+		nhits++;
+		if (strlen(list) + strlen(opts[i].name) + 5 < sizeof(list)) {
+			strcat(list, nhits > 1 ? ", --" : "--");
+			strcat(list, opts[i].name);
+		}
+	}
+	if (nhits == 1)
+		return hit;
+	if (nhits > 1)
+		(void)parse_error(ps, "ambiguous option '%s': %s", word, list);
+	else if (letter != 0)
+		(void)parse_error(ps, "unknown option '-%c'", letter);
+	else
+		(void)parse_error(ps, "unknown option '%.*s'", (int)len + 2,
+		    word);
+	return NULL;
+}
+
+/* Stores the value of option o into svc or the config; 0 or -1. */
+static int
+opt_apply(struct parse *ps, const struct opt *o, const char *val,
+    struct tcpproxy_service *svc)
+{
+	char *base = o->scope == S_RULE ? (char *)svc : (char *)ps->cfg;
+	void *field = base + o->off;
+	unsigned long long n = 0;
+	char what[40];
+
+	snprintf(what, sizeof(what), "--%s", o->name);
+	/* The command line's process options wait for the second pass,
+	 * after a config file, so that they win over the file's. */
+	if (ps->process_only ? o->scope != S_PROC :
+	    o->scope == S_PROC && ps->file == NULL)
+		return 0;
+	switch (o->kind) {
+	case K_FLAG:
+		*(int *)field = 1;
+		if (o->off == CFG(program.dump_file))
+			ps->cfg->program.hexdump = 1;
+		return 0;
+	case K_QUIET:
+		ps->cfg->verbosity = TCPPROXY_LOG_ERROR;
+		return 0;
+	case K_VERBOSE:
+		ps->cfg->verbosity = TCPPROXY_LOG_DEBUG;
+		return 0;
+	case K_SECS:
+		return parse_secs(ps, val, what, field);
+	case K_SIZE:
+	case K_ULL:
+	case K_COUNT:
+	case K_USECS:
+		if (parse_size(ps, val, what, o->max, o->kind != K_USECS, &n)
+		    == -1)
+			return -1;
+		if (o->kind == K_SIZE)
+			*(size_t *)field = (size_t)n;
+		else if (o->kind == K_ULL)
+			*(unsigned long long *)field = n;
+		else
+			*(unsigned long *)field = (unsigned long)n;
+		return 0;
+	case K_STR:
+		if (*val == '\0')
+			return parse_error(ps, "invalid %s '': empty", what);
+		*(const char **)field = val;
+		if (o->off == CFG(program.dump_file))
+			ps->cfg->program.hexdump = 1;
+		return 0;
+	case K_ALLOW:
+	case K_DENY: {
+		struct acl a;
+
+		if (acl_parse(val, &a) == -1)
+			return parse_error(ps, "invalid %s '%s': not an address, "
+			    "CIDR block or pattern", o->kind == K_ALLOW ?
+			    "allow" : "deny", val);
+		free(a.glob);
+		if (o->kind == K_ALLOW)
+			return parse_append(ps, svc->allow, &svc->nallow,
+			    sizeof(char *), &val,
+			    (const void **)(void *)&svc->allow);
+		return parse_append(ps, svc->deny, &svc->ndeny,
+		    sizeof(char *), &val, (const void **)(void *)&svc->deny);
+	}
+	case K_BALANCE: {
+		static const char *const names[] = {
+			"roundrobin", "leastconn", "source", "first"
+		};
+		size_t i;
+
+		for (i = 0; i < 4; i++)
+			if (strcmp(val, names[i]) == 0) {
+				svc->balance = (enum tcpproxy_balance)i;
+				return 0;
+			}
+		return parse_error(ps, "invalid --balance '%s': not "
+		    "roundrobin, leastconn, source or first", val);
+	}
+	default:
+		return parse_error(ps, "internal error");
+	}
+}
+
+/* Returns whether an option of kind k takes a value. */
+static int
+opt_has_value(int k)
+{
+	return k != K_FLAG && k != K_QUIET && k != K_VERBOSE;
+}
+
+/*
+ * Parses the option at words[*i] (and its value), moving *i past what
+ * it used.  Rule options go to svc.  Returns 0 or -1.
+ */
+static int
+opt_parse(struct parse *ps, char *const words[], int n, int *i,
+    struct tcpproxy_service *svc)
+{
+	const char *w = words[*i];
+	const struct opt *o;
+
+	if (w[1] == '-') {
+		const char *name = w + 2, *eq = strchr(name, '=');
+		size_t len = eq != NULL ? (size_t)(eq - name) : strlen(name);
+		char shown[64];
+
+		if ((o = opt_find(ps, w, name, len, 0)) == NULL)
+			return -1;
+		snprintf(shown, sizeof(shown), "--%s", o->name);
+		if (ps->file != NULL && o->scope == S_CMD)
+			return parse_error(ps, "option '%s' is for the command "
+			    "line only", shown);
+		if (!opt_has_value(o->kind)) {
+			if (eq != NULL)
+				return parse_error(ps, "option '%s' takes no "
+				    "value", shown);
+			return opt_apply(ps, o, NULL, svc);
+		}
+		if (eq != NULL)
+			return opt_apply(ps, o, eq + 1, svc);
+		if (*i + 1 >= n)
+			return parse_error(ps, "option '%s' needs a value",
+			    shown);
+		return opt_apply(ps, o, words[++*i], svc);
+	}
+	/* A cluster of letters: -Hq, -c10, -c 10. */
+	for (w++; *w != '\0'; w++) {
+		if ((o = opt_find(ps, words[*i], NULL, 0, *w)) == NULL)
+			return -1;
+		if (ps->file != NULL && o->scope == S_CMD)
+			return parse_error(ps, "option '-%c' is for the command "
+			    "line only", *w);
+		if (!opt_has_value(o->kind)) {
+			if (opt_apply(ps, o, NULL, svc) == -1)
+				return -1;
+			continue;
+		}
+		if (w[1] != '\0')
+			return opt_apply(ps, o, w + 1, svc);
+		if (*i + 1 >= n)
+			return parse_error(ps, "option '-%c' needs a value",
+			    *w);
+		return opt_apply(ps, o, words[++*i], svc);
+	}
+	return 0;
+}
+
+/* Returns whether word is an option (not "-" alone). */
+static int
+is_option(const char *word)
+{
+	return word[0] == '-' && word[1] != '\0';
+}
+
+/*
+ * Returns the scope of the option word (its first letter for a cluster)
+ * without an error for an unknown one: S_RULE then.
+ */
+static int
+opt_scope(const char *word)
+{
+	size_t i, len;
+	const char *name;
+
+	if (word[1] != '-') {
+		for (i = 0; i < NOPTS; i++)
+			if (opts[i].letter == word[1])
+				return opts[i].scope;
+		return S_RULE;
+	}
+	name = word + 2;
+	len = strcspn(name, "=");
+	for (i = 0; i < NOPTS; i++)
+		if (strncmp(opts[i].name, name, len) == 0)
+			return opts[i].scope;
+	return S_RULE;
+}
+
+/* Returns whether port is valid and known: digits, or a service name
+ * the services database has (no resolver involved). */
+static int
+port_known(const char *port, int zero_ok)
+{
+	if (!port_ok(port, zero_ok))
+		return 0;
+	return port[strspn(port, "0123456789")] == '\0' ||
+	    getservbyname(port, "tcp") != NULL;
+}
+
+/*
+ * Reads one endpoint from words[*i]: "HOST PORT", "HOST:PORT" or
+ * "[V6]:PORT" (a word with two colons or more and no brackets is a
+ * host), moving *i past it.  Returns 0 or -1.
+ */
+static int
+endpoint_parse(struct parse *ps, char *const words[], int n, int *i,
+    const char **host, const char **port, const char *what)
+{
+	const char *w = words[*i], *colon = strchr(w, ':'), *close;
+	char *slash;
+
+	if (w[0] == '[' && (close = strstr(w, "]:")) != NULL &&
+	    close[2] != '\0') {
+		*host = parse_strndup(ps, w + 1, (size_t)(close - w - 1));
+		*port = close + 2;
+		(*i)++;
+	} else if (colon != NULL && strchr(colon + 1, ':') == NULL &&
+	    colon[1] != '\0') {
+		*host = parse_strndup(ps, w, (size_t)(colon - w));
+		*port = colon + 1;
+		(*i)++;
+	} else {
+		if (*i + 1 >= n)
+			return parse_error(ps, "missing %s port after '%s'",
+			    what, w);
+		*host = w;
+		*port = words[*i + 1];
+		*i += 2;
+	}
+	if (*host == NULL)
+		return parse_error(ps, "out of memory");
+	/* rinetd's "80/tcp", and "80/udp", which TCP cannot honour. */
+	if ((slash = strchr(*port, '/')) != NULL) {
+		if (strcmp(slash, "/tcp") != 0)
+			return parse_error(ps, "invalid %s port '%s': only TCP "
+			    "is relayed", what, *port);
+		*port = parse_strndup(ps, *port, (size_t)(slash - *port));
+		if (*port == NULL)
+			return parse_error(ps, "out of memory");
+	}
+	if (!port_known(*port, strcmp(what, "local") == 0))
+		return parse_error(ps, "invalid %s port '%s': not a number in "
+		    "%s..65535 or a known service name", what, *port,
+		    strcmp(what, "local") == 0 ? "0" : "1");
+	return 0;
+}
+
+/*
+ * Parses a rule, words[i..n): LOCAL, then one or more backends, then
+ * rinetd's bracketed options ("[src=ADDR]").  svc holds the options
+ * seen; the rule becomes the next service.  Returns 0 or -1.
+ */
+static int
+rule_parse(struct parse *ps, char *const words[], int n, int i,
+    struct tcpproxy_service *svc)
+{
+	struct tcpproxy_backend be;
+	struct owned *own = ps->own;
+
+	if (i >= n)
+		return parse_error(ps, "missing arguments: need local_host "
+		    "local_port remote_host remote_port");
+	if (endpoint_parse(ps, words, n, &i, &svc->local_host,
+	    &svc->local_port, "local") == -1)
+		return -1;
+	if (i >= n)
+		return parse_error(ps, "missing arguments: need local_host "
+		    "local_port remote_host remote_port");
+	svc->nbackends = 0;
+	svc->backends = NULL;
+	while (i < n && !(words[i][0] == '[' && strchr(words[i], '='))) {
+		if (is_option(words[i]))
+			return parse_error(ps, "option '%s' after the "
+			    "addresses", words[i]);
+		if (endpoint_parse(ps, words, n, &i, &be.host, &be.port,
+		    "remote") == -1 ||
+		    parse_append(ps, svc->backends, &svc->nbackends,
+		    sizeof(be), &be, (const void **)(void *)&svc->backends)
+		    == -1)
+			return -1;
+	}
+	for (; i < n; i++) {
+		const char *w = words[i];
+		size_t len = strlen(w);
+
+		if (strncmp(w, "[src=", 5) != 0 || w[len - 1] != ']' ||
+		    len < 7)
+			return parse_error(ps, "extra argument '%s'", w);
+		if ((svc->source = parse_strndup(ps, w + 5, len - 6)) == NULL)
+			return parse_error(ps, "out of memory");
+	}
+	if (svc->nbackends == 0)
+		return parse_error(ps, "missing arguments: need local_host "
+		    "local_port remote_host remote_port");
+	if (ps->file != NULL) {
+		char where[300];
+
+		snprintf(where, sizeof(where), "%s:%lu", ps->file, ps->line);
+		if ((svc->where = parse_strndup(ps, where, strlen(where))) ==
+		    NULL)
+			return parse_error(ps, "out of memory");
+	}
+	if (own->nservices == own->cap) {
+		size_t cap = own->cap ? own->cap * 2 : 8;
+		struct tcpproxy_service *grown = realloc(own->services,
+		    cap * sizeof(*grown));
+
+		if (grown == NULL)
+			return parse_error(ps, "out of memory");
+		own->services = grown;
+		own->cap = cap;
+	}
+	own->services[own->nservices++] = *svc;
+	ps->cfg->services = own->services;
+	ps->cfg->nservices = own->nservices;
+	return 0;
+}
+
+/*
+ * Parses one line of words: options (anywhere before "--"), then an
+ * optional rule.  Rule options go to a new service started from the
+ * defaults; on an options-only line, to the defaults themselves.
+ * Returns 1 if the line was a rule, 0 if not, -1 on error.
+ */
+static int
+words_parse(struct parse *ps, char *const words[], int n, int allow_proc)
+{
+	struct tcpproxy_service svc = *ps->defaults;
+	char *pos[256];
+	int i, npos = 0, opts_done = 0, nproc = 0;
+	const char *proc = NULL;
+
+	for (i = 0; i < n; i++) {
+		if (!opts_done && strcmp(words[i], "--") == 0) {
+			opts_done = 1;
+			continue;
+		}
+		if (!opts_done && is_option(words[i])) {
+			if (opt_scope(words[i]) != S_RULE && proc == NULL)
+				proc = words[i];
+			nproc += opt_scope(words[i]) != S_RULE;
+			if (opt_parse(ps, words, n, &i, &svc) == -1)
+				return -1;
+			continue;
+		}
+		if (npos == (int)(sizeof(pos) / sizeof(pos[0])))
+			return parse_error(ps, "too many words");
+		pos[npos++] = words[i];
+	}
+	if (npos == 0) {
+		*ps->defaults = svc;
+		return 0;
+	}
+	if (!allow_proc && nproc > 0)
+		return parse_error(ps, "option '%s' applies to the whole "
+		    "process: give it on a line of its own before the first "
+		    "rule", proc);
+	if (ps->process_only)
+		return 1;
+	return rule_parse(ps, pos, npos, 0, &svc) == -1 ? -1 : 1;
+}
+
+/*
+ * Splits one logical line of a config file (continuations joined) into
+ * words in place: blanks separate, '#' at the start of a word begins a
+ * comment, "..." quotes (with \" and \\ inside).  Returns the number of
+ * words, or -1 on an unterminated quote.
+ */
+static int
+line_split(char *s, char *words[], int max)
+{
+	int n = 0;
+	char *out;
+
+	for (;;) {
+		while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n')
+			s++;
+		if (*s == '\0' || *s == '#')
+			return n;
+		if (n == max)
+			return -2;
+		words[n++] = out = s;
+		while (*s != '\0' && *s != ' ' && *s != '\t' && *s != '\r' &&
+		    *s != '\n') {
+			if (*s != '"') {
+				*out++ = *s++;
+				continue;
+			}
+			for (s++; *s != '"'; s++) {
+				if (*s == '\0')
+					return -1;
+				if (*s == '\\' && (s[1] == '"' || s[1] == '\\'))
+					s++;
+				*out++ = *s;
+			}
+			s++;
+		}
+		if (*s != '\0')
+			s++;
+		*out = '\0';
+	}
+}
+
+/*
+ * Handles a line of rinetd's own words: allow and deny (before the first
+ * rule, for every rule; after it, for the rule before them), logfile,
+ * pidlogfile, logcommon.  Returns 1 if it was one, 0 if not, -1 on error.
+ */
+static int
+rinetd_line(struct parse *ps, char *words[], int n, size_t first_rule)
+{
+	struct owned *own = ps->own;
+	const char *w = words[0];
+	int acl = strcmp(w, "allow") == 0 ? K_ALLOW :
+	    strcmp(w, "deny") == 0 ? K_DENY : -1;
+
+	if (acl != -1) {
+		struct tcpproxy_service *svc = own->nservices > first_rule ?
+		    &own->services[own->nservices - 1] : ps->defaults;
+		const struct opt o = { w, 0, (unsigned char)acl, S_RULE, 0, 0 };
+		int i, saved = ps->process_only;
+
+		if (n < 2)
+			return parse_error(ps, "'%s' needs a pattern", w);
+		ps->process_only = 0;
+		for (i = 1; i < n; i++)
+			if (opt_apply(ps, &o, words[i], svc) == -1) {
+				ps->process_only = saved;
+				return -1;
+			}
+		ps->process_only = saved;
+		return 1;
+	}
+	if (strcmp(w, "logfile") == 0 || strcmp(w, "pidlogfile") == 0) {
+		if (n != 2)
+			return parse_error(ps, "'%s' needs one path", w);
+		if (ps->process_only)
+			return 1;
+		if (own->nservices > first_rule)
+			return parse_error(ps, "'%s' applies to the whole "
+			    "process: give it before the first rule", w);
+		if (w[0] == 'l')
+			ps->cfg->program.log_file = words[1];
+		else
+			ps->cfg->program.pid_file = words[1];
+		return 1;
+	}
+	if (strcmp(w, "logcommon") == 0) {
+		if (n != 1)
+			return parse_error(ps, "extra argument '%s'", words[1]);
+		ps->cfg->program.log_common = 1;
+		return 1;
+	}
+	return 0;
+}
+
+int
+tcpproxy_config_text(struct tcpproxy_config *cfg, const char *name,
+    const char *text, size_t len, char *err, size_t errlen)
+{
+	struct parse ps;
+	struct tcpproxy_service defaults;
+	char *buf, *line, *words[256];
+	size_t i, first_rule;
+	int n, rc = 0;
+
+	memset(&ps, 0, sizeof(ps));
+	ps.cfg = cfg;
+	ps.err = err;
+	ps.errlen = errlen;
+	ps.file = name;
+	if (cfg->owned == NULL &&
+	    (cfg->owned = calloc(1, sizeof(struct owned))) != NULL)
+		tcpproxy_service_init(&((struct owned *)cfg->owned)->defaults);
+	if ((ps.own = cfg->owned) == NULL)
+		return failed(err, errlen, ENOMEM, "out of memory");
+	/* A file's own defaults start from the command line's. */
+	defaults = ps.own->defaults;
+	ps.defaults = &defaults;
+	first_rule = ps.own->nservices;
+	if ((buf = parse_alloc(&ps, len + 1)) == NULL)
+		return failed(err, errlen, ENOMEM, "out of memory");
+	memcpy(buf, text, len);
+	for (i = 0; i < len; i++)
+		if (buf[i] == '\0')
+			return failed(err, errlen, EINVAL, "%s: a NUL byte in "
+			    "the text", name);
+	for (line = buf; rc != -1 && line < buf + len; ) {
+		char *end = line, *out = line;
+		unsigned long start = ++ps.line;
+
+		/* Join the lines continued by a final backslash. */
+		for (;;) {
+			while (*end != '\0' && *end != '\n')
+				*out++ = *end++;
+			if (out > line && out[-1] == '\\') {
+				out--;
+				if (*end == '\n')
+					end++;
+				ps.line++;
+				continue;
+			}
+			break;
+		}
+		*out = '\0';
+		end += *end == '\n';
+		n = line_split(line, words, 256);
+		line = end;
+		if (n == 0)
+			continue;
+		{
+			unsigned long last = ps.line;
+
+			ps.line = start;
+			if (n == -1)
+				rc = parse_error(&ps, "unterminated quote");
+			else if (n == -2)
+				rc = parse_error(&ps, "too many words");
+			else if ((rc = rinetd_line(&ps, words, n, first_rule))
+			    == 0) {
+				rc = words_parse(&ps, words, n, 0);
+				if (rc == 0 && ps.own->nservices > first_rule)
+					rc = parse_error(&ps, "options without "
+					    "a rule after the first rule");
+			}
+			ps.line = last;
+		}
+	}
+	return rc == -1 ? -1 : 0;
+}
+
+int
+tcpproxy_config_file(struct tcpproxy_config *cfg, const char *path,
+    char *err, size_t errlen)
+{
+	FILE *f;
+	char *text = NULL, *grown;
+	size_t len = 0, cap = 0, n;
+	int rc;
+
+	if ((f = fopen(path, "r")) == NULL)
+		return failed(err, errlen, errno, "cannot read config file "
+		    "'%s': %s", path, strerror(errno));
+	for (;;) {
+		if (len == cap) {
+			cap = cap ? cap * 2 : 8192;
+			if (cap > 64 * 1024 * 1024 ||
+			    (grown = realloc(text, cap)) == NULL) {
+				free(text);
+				fclose(f);
+				return failed(err, errlen, ENOMEM, "config file "
+				    "'%s': too large", path);
+			}
+			text = grown;
+		}
+		if ((n = fread(text + len, 1, cap - len, f)) == 0)
+			break;
+		len += n;
+	}
+	if (ferror(f)) {
+		int saved = errno;
+
+		free(text);
+		fclose(f);
+		return failed(err, errlen, saved, "cannot read config file "
+		    "'%s': %s", path, strerror(saved));
+	}
+	fclose(f);
+	rc = tcpproxy_config_text(cfg, path, text != NULL ? text : "", len,
+	    err, errlen);
+	free(text);
+	return rc;
+}
+
+int
+tcpproxy_config_parse(struct tcpproxy_config *cfg, int argc,
+    char *const argv[], char *err, size_t errlen)
+{
+	struct parse ps;
+	int rule;
+
+	memset(&ps, 0, sizeof(ps));
+	ps.cfg = cfg;
+	ps.err = err;
+	ps.errlen = errlen;
+	if (cfg->owned == NULL &&
+	    (cfg->owned = calloc(1, sizeof(struct owned))) != NULL)
+		tcpproxy_service_init(&((struct owned *)cfg->owned)->defaults);
+	if ((ps.own = cfg->owned) == NULL)
+		return failed(err, errlen, ENOMEM, "out of memory");
+	ps.defaults = &ps.own->defaults;
+	/* First the rule's options and the rule, held back while a file is
+	 * read: the command line's rule comes last, its process options win
+	 * over the file's. */
+	ps.process_only = 0;
+	{
+		/* Defaults for the file: the options, without the rule. */
+		struct tcpproxy_service saved = *ps.defaults;
+		size_t before = ps.own->nservices;
+
+		if ((rule = words_parse(&ps, argv, argc, 1)) == -1)
+			return -1;
+		if (rule == 1) {
+			/* Its options were the rule's, not defaults: take them
+			 * as defaults for the file too. */
+			*ps.defaults = ps.own->services[before];
+			ps.defaults->local_host = ps.defaults->local_port =
+			    NULL;
+			ps.defaults->backends = NULL;
+			ps.defaults->nbackends = 0;
+			ps.defaults->source = saved.source;
+			ps.defaults->name = saved.name;
+		}
+		if (cfg->program.config_file != NULL) {
+			struct tcpproxy_service held;
+
+			if (rule == 1)
+				held = ps.own->services[--ps.own->nservices];
+			if (tcpproxy_config_file(cfg, cfg->program.config_file,
+			    err, errlen) == -1)
+				return -1;
+			if (rule == 1)
+				ps.own->services[ps.own->nservices++] = held;
+			cfg->services = ps.own->services;
+			cfg->nservices = ps.own->nservices;
+		}
+	}
+	ps.process_only = 1;
+	if (words_parse(&ps, argv, argc, 1) == -1)
+		return -1;
+	if (cfg->nservices == 0 && !cfg->program.help &&
+	    !cfg->program.version)
+		return parse_error(&ps, cfg->program.config_file != NULL ?
+		    "%s: no rule in the config file" : "missing arguments: "
+		    "need local_host local_port remote_host remote_port",
+		    cfg->program.config_file);
+	return 0;
+}
+
+void
+tcpproxy_config_free(struct tcpproxy_config *cfg)
+{
+	struct owned *own = cfg->owned;
+
+	if (own != NULL) {
+		while (own->blocks != NULL) {
+			struct block *b = own->blocks;
+
+			own->blocks = b->next;
+			free(b);
+		}
+		free(own->services);
+		free(own);
+	}
+	tcpproxy_config_init(cfg);
 }
 
 /* ---- the command line ---- */
@@ -2067,41 +4594,32 @@ int setgroups(int, const gid_t *);
 #endif
 
 #define SOURCE_BUCKETS 256
-#define ERRLEN 256
+
+#define ERRLEN 512
 
 static const char usage_line[] =
     "usage: tcpproxy [-HhqVvx] [-a cidr] [-b bytes] [-c max-clients] "
     "[-d cidr]\n"
-    "                [-i idle-secs] [-t connect-secs] [-u user[:group]] "
-    "[-w workers]\n"
-    "                [--busy-poll usecs] [--dump-dir dir] "
-    "[--dump-file file]\n"
-    "                [--grace secs] [--max-bytes bytes] "
-    "[--max-per-source n]\n"
+    "                [-f config] [-i idle-secs] [-s source] "
+    "[-t connect-secs]\n"
+    "                [-u user[:group]] [-w workers] [--balance policy]\n"
+    "                [--busy-poll usecs] [--check-config] "
+    "[--down-time secs]\n"
+    "                [--dump-dir dir] [--dump-file file] [--fails n]\n"
+    "                [--grace secs] [--health-check secs] "
+    "[--max-bytes bytes]\n"
+    "                [--max-per-source n] [--name name] "
+    "[--pid-file file]\n"
     "                [--rate bytes] "
-    "local_host local_port remote_host remote_port\n";
-
-/* An address block of -a/--allow or -d/--deny. */
-struct cidr {
-	unsigned char key[17];		/* family (4 or 6), then address */
-	unsigned int bits;
-};
-
-/* Bridges open per client address, for --max-per-source. */
-struct source {
-	struct source *next;
-	unsigned char key[17];
-	unsigned long count;
-};
+    "[local_host local_port remote_host remote_port ...]\n";
 
 /* What the command line's hooks need; one per process. */
 struct cli {
-	struct cidr *allow, *deny;
-	size_t nallow, ndeny;
 	FILE *hex;			/* --hexdump output, or NULL */
 	const char *dump_dir;		/* --dump-dir, or NULL */
-	unsigned long max_per_source;	/* 0: no limit */
-	struct source *sources[SOURCE_BUCKETS];
+	FILE *log;			/* rinetd's logfile, or NULL */
+	int log_common;			/* rinetd's logcommon */
+	const struct tcpproxy_config *cfg;	/* the running one */
 };
 
 /* What the hooks keep per bridge. */
@@ -2109,23 +4627,13 @@ struct cli_bridge {
 	FILE *dump[2];			/* --dump-dir files, opened lazily */
 	int dump_failed;
 	unsigned long long off[2];	/* stream offset per direction */
-	struct source *source;		/* counted in --max-per-source */
 };
 
-/* Everything the command line says. */
-struct options {
-	struct tcpproxy_config cfg;
-	struct cli cli;
-	const char *user;		/* -u */
-	const char *dump_file;		/* --dump-file */
-	int hex;			/* -x */
-	int workers;			/* -w */
-};
-
-enum { OPTIONS_RUN = 0, OPTIONS_HELP = 1, OPTIONS_VERSION = 2 };
-
-static struct tcpproxy *the_proxy;	/* for the signal handler only */
-static volatile sig_atomic_t got_signals;	/* for the worker parent */
+static struct tcpproxy *the_proxy;	/* for the signal handlers only */
+static volatile sig_atomic_t got_stop;	/* SIGINT, SIGTERM seen */
+static volatile sig_atomic_t got_hup;	/* SIGHUP: reload */
+static volatile sig_atomic_t got_usr1;	/* SIGUSR1: stats */
+static volatile sig_atomic_t got_usr2;	/* SIGUSR2: drain (a worker) */
 
 /* Prints a usage error naming the bad word, then the usage; exits 2. */
 static NORETURN void
@@ -2156,12 +4664,28 @@ die(const char *fmt, ...)
 	exit(1);
 }
 
+
 static void
 help(void)
 {
 	printf("%s\n"
 	    "Relay TCP connections from local_host:local_port to "
-	    "remote_host:remote_port.\n\n"
+	    "remote_host:remote_port\n"
+	    "(each further pair is one more backend).  An endpoint is HOST "
+	    "PORT or HOST:PORT.\n\n"
+	    "  -f, --config FILE           read rules from FILE, one per line "
+	    "(SIGHUP: again)\n"
+	    "      --check-config          check everything, bind nothing, "
+	    "exit 0 or 2\n"
+	    "      --name NAME             name the rule's service\n"
+	    "      --balance POLICY        roundrobin, leastconn, source or "
+	    "first\n"
+	    "      --fails N               failed connects that mark a "
+	    "backend down (1)\n"
+	    "      --down-time SECS        how long it stays down (default "
+	    "10)\n"
+	    "      --health-check SECS     connect to each backend every SECS\n"
+	    "  -s, --source ADDR           connect to backends from ADDR\n"
 	    "  -a, --allow CIDR            admit only clients in CIDR "
 	    "(repeatable)\n"
 	    "  -d, --deny CIDR             refuse clients in CIDR "
@@ -2189,6 +4713,7 @@ help(void)
 	    "DIR\n"
 	    "  -w, --workers N             N processes share the listener\n"
 	    "  -u, --user USER[:GROUP]     drop privileges after binding\n"
+	    "      --pid-file FILE         write the process id to FILE\n"
 	    "      --grace SECS            time bridges may finish after "
 	    "SIGTERM (default 5)\n"
 	    "  -q, --quiet                 no per-bridge log lines\n"
@@ -2199,288 +4724,21 @@ help(void)
 	    usage_line);
 }
 
-/* ---- argument parsing ---- */
-
-/* Formats a usage error into err (ERRLEN bytes); returns -1. */
-static int
-bad(char *err, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, ERRLEN, fmt, ap);
-	va_end(ap);
-	return -1;
-}
-
-/* Checks a port number 0..65535, digits only; returns 0 or -1. */
-static int
-parse_port(const char *s, const char *what, char *err)
-{
-	size_t i, n = strlen(s);
-
-	for (i = 0; i < n; i++)
-		if (s[i] < '0' || s[i] > '9')
-			break;
-	if (n == 0 || i < n || n > 5 || strtol(s, NULL, 10) > 65535)
-		return bad(err, "invalid %s '%s': not a number in 0..65535",
-		    what, s);
-	return 0;
-}
-
-/* Parses seconds >= 0, fractions allowed, into *v; returns 0 or -1. */
-static int
-parse_secs(const char *s, const char *opt, double *v, char *err)
-{
-	char *end = NULL;
-	int ok = 0;
-
-	/* Digits first: strtod() would also take "inf", "nan", " 1". */
-	errno = 0;
-	if (*s == '.' || (*s >= '0' && *s <= '9')) {
-		*v = strtod(s, &end);
-		ok = end != s && *end == '\0' && errno == 0 && *v >= 0 &&
-		    *v <= 1e9;
-	}
-	if (!ok)
-		return bad(err, "invalid %s '%s': not a number of seconds >= 0",
-		    opt, s);
-	return 0;
-}
-
-/*
- * Parses a count 1..max, digits and an optional k/m/g suffix, into *v;
- * returns 0 or -1.
- */
-static int
-parse_size(const char *s, const char *opt, unsigned long long max,
-    unsigned long long *v, char *err)
-{
-	unsigned long long n = 0, mult = 1;
-	const char *q = s;
-
-	if (*q < '0' || *q > '9')
-		return bad(err, "invalid %s '%s': not a positive number", opt,
-		    s);
-	for (; *q >= '0' && *q <= '9'; q++) {
-		if (n > (max - (unsigned)(*q - '0')) / 10)
-			return bad(err, "invalid %s '%s': too large", opt, s);
-		n = n * 10 + (unsigned)(*q - '0');
-	}
-	switch (*q) {
-	case 'k': case 'K': mult = 1024; q++; break;
-	case 'm': case 'M': mult = 1024 * 1024; q++; break;
-	case 'g': case 'G': mult = 1024 * 1024 * 1024; q++; break;
-	default: break;
-	}
-	if (*q != '\0')
-		return bad(err, "invalid %s '%s': not a positive number", opt,
-		    s);
-	if (n == 0)
-		return bad(err, "invalid %s '%s': must be at least 1", opt, s);
-	if (n > max / mult)
-		return bad(err, "invalid %s '%s': too large", opt, s);
-	*v = n * mult;
-	return 0;
-}
-
-/*
- * Reduces a socket address to a key: family 4 or 6, then 16 address
- * bytes.  An IPv4-mapped IPv6 address counts as the IPv4 one.  Returns 0,
- * or -1 for another family.
- */
-static int
-addr_key(const struct sockaddr *sa, unsigned char key[17])
-{
-	static const unsigned char mapped[12] = {
-		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff
-	};
-
-	memset(key, 0, 17);
-	if (sa->sa_family == AF_INET) {
-		key[0] = 4;
-		memcpy(key + 1, &((const struct sockaddr_in *)(const void *)
-		    sa)->sin_addr, 4);
-		return 0;
-	}
-	if (sa->sa_family == AF_INET6) {
-		const unsigned char *a = ((const struct sockaddr_in6 *)
-		    (const void *)sa)->sin6_addr.s6_addr;
-
-		if (memcmp(a, mapped, 12) == 0) {
-			key[0] = 4;
-			memcpy(key + 1, a + 12, 4);
-		} else {
-			key[0] = 6;
-			memcpy(key + 1, a, 16);
-		}
-		return 0;
-	}
-	return -1;
-}
-
-/*
- * Parses "ADDR/BITS" or a bare "ADDR" (one host), IPv4 or IPv6, into *c;
- * host bits past the prefix are cleared.  Returns 0, or -1 if malformed.
- */
-static int
-cidr_parse(const char *s, struct cidr *c)
-{
-	char buf[INET6_ADDRSTRLEN + 8], *slash, *end;
-	unsigned int max;
-	unsigned long bits;
-	size_t i;
-
-	if (strlen(s) >= sizeof(buf))
-		return -1;
-	strcpy(buf, s);
-	memset(c, 0, sizeof(*c));
-	if ((slash = strchr(buf, '/')) != NULL)
-		*slash++ = '\0';
-	if (inet_pton(AF_INET, buf, c->key + 1) == 1) {
-		c->key[0] = 4;
-		max = 32;
-	} else if (inet_pton(AF_INET6, buf, c->key + 1) == 1) {
-		c->key[0] = 6;
-		max = 128;
-	} else {
-		return -1;
-	}
-	c->bits = max;
-	if (slash != NULL) {
-		if (*slash < '0' || *slash > '9' || strlen(slash) > 3)
-			return -1;
-		bits = strtoul(slash, &end, 10);
-		if (*end != '\0' || bits > max)
-			return -1;
-		c->bits = (unsigned int)bits;
-	}
-	for (i = 0; i < 16; i++) {
-		unsigned int keep = c->bits > 8 * i ? c->bits - 8 * (unsigned)i :
-		    0;
-
-		if (keep < 8)
-			c->key[1 + i] &= (unsigned char)(0xff00 >> keep);
-	}
-	return 0;
-}
-
-/* Returns whether the address key lies in the block c. */
-static int
-cidr_match(const struct cidr *c, const unsigned char key[17])
-{
-	unsigned int full = c->bits / 8, rest = c->bits % 8;
-
-	if (key[0] != c->key[0] || memcmp(key + 1, c->key + 1, full) != 0)
-		return 0;
-	return rest == 0 || ((key[1 + full] ^ c->key[1 + full]) &
-	    (0xff00 >> rest)) == 0;
-}
-
-/* Adds one -a or -d argument to a list; returns 0 or -1. */
-static int
-cidr_add(struct cidr **list, size_t *n, const char *arg, const char *opt,
-    char *err)
-{
-	struct cidr c, *grown;
-
-	if (cidr_parse(arg, &c) == -1)
-		return bad(err, "invalid %s '%s': not an address or CIDR "
-		    "block", opt, arg);
-	if ((grown = realloc(*list, (*n + 1) * sizeof(**list))) == NULL)
-		return bad(err, "out of memory");
-	grown[(*n)++] = c;
-	*list = grown;
-	return 0;
-}
-
-/* Returns whether the allow and deny lists admit the address key. */
-static int
-acl_admits(const struct cli *c, const unsigned char key[17])
-{
-	size_t i;
-
-	for (i = 0; i < c->ndeny; i++)
-		if (cidr_match(&c->deny[i], key))
-			return 0;
-	if (c->nallow == 0)
-		return 1;
-	for (i = 0; i < c->nallow; i++)
-		if (cidr_match(&c->allow[i], key))
-			return 1;
-	return 0;
-}
-
 /* ---- the command line's hooks ---- */
 
-/* Returns the --max-per-source record of key, creating it; NULL if OOM. */
-static struct source *
-source_get(struct cli *c, const unsigned char key[17])
-{
-	unsigned int h = 2166136261u;
-	struct source *s;
-	size_t i;
-
-	for (i = 0; i < 17; i++)
-		h = (h ^ key[i]) * 16777619u;
-	h %= SOURCE_BUCKETS;
-	for (s = c->sources[h]; s != NULL; s = s->next)
-		if (memcmp(s->key, key, 17) == 0)
-			return s;
-	if ((s = calloc(1, sizeof(*s))) == NULL)
-		return NULL;
-	memcpy(s->key, key, 17);
-	s->next = c->sources[h];
-	c->sources[h] = s;
-	return s;
-}
-
-/* Drops one bridge from a source's count, freeing the record at zero. */
-static void
-source_put(struct cli *c, struct source *src)
-{
-	struct source **pp;
-	unsigned int h = 2166136261u;
-	size_t i;
-
-	if (--src->count > 0)
-		return;
-	for (i = 0; i < 17; i++)
-		h = (h ^ src->key[i]) * 16777619u;
-	for (pp = &c->sources[h % SOURCE_BUCKETS]; *pp != src;
-	    pp = &(*pp)->next)
-		;
-	*pp = src->next;
-	free(src);
-}
-
-/* Admits or refuses a client: access lists, then --max-per-source. */
+/* Starts a bridge's record for the dumps. */
 static enum tcpproxy_verdict
 cli_accept(void *user, const struct tcpproxy_bridge_info *info,
     void **bridge_data)
 {
 	struct cli *c = user;
 	struct cli_bridge *cb;
-	struct source *src = NULL;
-	unsigned char key[17];
 
-	if (addr_key(info->client, key) == -1 || !acl_admits(c, key))
-		return TCPPROXY_CLOSE;
-	if (c->max_per_source > 0) {
-		/* A new record starts at 0, so it is never over the limit. */
-		if ((src = source_get(c, key)) == NULL ||
-		    src->count >= c->max_per_source)
-			return TCPPROXY_CLOSE;
-		src->count++;
-	}
-	if (src == NULL && c->hex == NULL && c->dump_dir == NULL)
+	(void)info;
+	if (c->hex == NULL && c->dump_dir == NULL)
 		return TCPPROXY_PASS;
-	if ((cb = calloc(1, sizeof(*cb))) == NULL) {
-		if (src != NULL)
-			source_put(c, src);
+	if ((cb = calloc(1, sizeof(*cb))) == NULL)
 		return TCPPROXY_CLOSE;
-	}
-	cb->source = src;
 	*bridge_data = cb;
 	return TCPPROXY_PASS;
 }
@@ -2567,7 +4825,94 @@ cli_data(void *user, void *bridge_data,
 	return TCPPROXY_PASS;
 }
 
-/* Releases what the hooks kept for a bridge. */
+/* Returns rinetd's word for how a bridge ended. */
+static const char *
+rinetd_result(enum tcpproxy_reason r)
+{
+	switch (r) {
+	case TCPPROXY_REASON_SERVER_CLOSED:
+	case TCPPROXY_REASON_SERVER_RESET:
+	case TCPPROXY_REASON_SERVER_ERROR:
+		return "done-remote-closed";
+	case TCPPROXY_REASON_CONNECT_REFUSED:
+	case TCPPROXY_REASON_CONNECT_TIMEOUT:
+	case TCPPROXY_REASON_CONNECT_FAILED:
+		return "local-connect-failed";
+	default:
+		return "done-local-closed";
+	}
+}
+
+/* Splits "HOST:PORT" or "[V6]:PORT" into host and port buffers. */
+static void
+name_split(const char *name, char *host, size_t hsize, char *port,
+    size_t psize)
+{
+	const char *colon = strrchr(name, ':');
+	size_t n = colon != NULL ? (size_t)(colon - name) : strlen(name);
+
+	if (name[0] == '[' && n >= 2 && name[n - 1] == ']') {
+		name++;
+		n -= 2;
+	}
+	snprintf(host, hsize, "%.*s", (int)n, name);
+	snprintf(port, psize, "%s", colon != NULL ? colon + 1 : "0");
+}
+
+/*
+ * Writes the line rinetd would write for a bridge into its logfile: its
+ * tab-separated form, or with logcommon a web server's common log line,
+ * so that the parsers written for rinetd's logs keep working.
+ */
+static void
+rinetd_log(const struct cli *c, const struct tcpproxy_bridge_info *info)
+{
+	const struct tcpproxy_config *cfg = c->cfg;
+	const char *lhost = "?", *lport = "?";
+	char client[ADDR_NAME_MAX], cport[8], rhost[256], rport[40];
+	char stamp[64];
+	time_t t = time(NULL);
+	struct tm tm;
+	size_t i;
+
+	for (i = 0; i < cfg->nservices; i++) {
+		const struct tcpproxy_service *s = &cfg->services[i];
+		char name[300];
+
+		if (s->name == NULL)
+			snprintf(name, sizeof(name), "%s:%s", s->local_host ?
+			    s->local_host : "*", s->local_port);
+		if (strcmp(s->name != NULL ? s->name : name,
+		    info->service_name) == 0) {
+			lhost = s->local_host != NULL ? s->local_host : "*";
+			lport = s->local_port;
+			break;
+		}
+	}
+	name_split(info->client_name, client, sizeof(client), cport,
+	    sizeof(cport));
+	name_split(info->backend_name, rhost, sizeof(rhost), rport,
+	    sizeof(rport));
+	if (gmtime_r(&t, &tm) == NULL ||
+	    strftime(stamp, sizeof(stamp), "%d/%b/%Y:%H:%M:%S +0000", &tm) ==
+	    0)
+		snprintf(stamp, sizeof(stamp), "-");
+	if (c->log_common)
+		fprintf(c->log, "%s - - [%s] \"GET /rinetd-services/%s/%s/%s/"
+		    "%s/%s HTTP/1.0\" 200 %llu - - - %llu\n", client, stamp,
+		    lhost, lport, rhost, rport, rinetd_result(info->reason),
+		    info->bytes[TCPPROXY_DOWNSTREAM],
+		    info->bytes[TCPPROXY_UPSTREAM]);
+	else
+		fprintf(c->log, "%s\t%s\t%s\t%s\t%s\t%s\t%llu\t%llu\t%s\n",
+		    stamp, client, lhost, lport, rhost, rport,
+		    info->bytes[TCPPROXY_UPSTREAM],
+		    info->bytes[TCPPROXY_DOWNSTREAM],
+		    rinetd_result(info->reason));
+	fflush(c->log);
+}
+
+/* Releases what the hooks kept for a bridge; writes rinetd's log. */
 static void
 cli_close(void *user, void *bridge_data,
     const struct tcpproxy_bridge_info *info)
@@ -2576,15 +4921,14 @@ cli_close(void *user, void *bridge_data,
 	struct cli_bridge *cb = bridge_data;
 	int d;
 
-	(void)info;
+	if (c->log != NULL)
+		rinetd_log(c, info);
 	if (cb == NULL)
 		return;
 	for (d = 0; d < 2; d++)
 		if (cb->dump[d] != NULL && fclose(cb->dump[d]) != 0)
 			fprintf(stderr, "tcpproxy: dump id=%lu: %s\n", info->id,
 			    strerror(errno));
-	if (cb->source != NULL)
-		source_put(c, cb->source);
 	free(cb);
 }
 
@@ -2593,13 +4937,22 @@ cli_close(void *user, void *bridge_data,
 static void
 on_signal(int sig)
 {
-	(void)sig;
-	got_signals++;
-	if (the_proxy != NULL)
+	if (sig == SIGHUP)
+		got_hup = 1;
+	else if (sig == SIGUSR1)
+		got_usr1 = 1;
+	else if (sig == SIGUSR2)
+		got_usr2 = 1;
+	else
+		got_stop++;
+	if (the_proxy == NULL)
+		return;
+	if (sig == SIGINT || sig == SIGTERM)
 		tcpproxy_stop(the_proxy);
+	else
+		tcpproxy_wake(the_proxy);
 }
 
-/* Raises the soft descriptor limit to the hard one: best effort. */
 static void
 raise_fd_limit(void)
 {
@@ -2617,7 +4970,13 @@ raise_fd_limit(void)
 	}
 }
 
-/* Installs the handlers for SIGINT and SIGTERM; returns 0 or -1. */
+
+/*
+ * Installs the handlers: SIGINT and SIGTERM stop, SIGHUP reloads, SIGUSR1
+ * logs stats, SIGUSR2 drains; SIGPIPE is ignored.  No signal the proxy
+ * does not use may kill it unannounced: the others keep their defaults
+ * (SIGQUIT, SIGALRM...), as a supervisor expects.  Returns 0 or -1.
+ */
 static int
 signals_catch(void)
 {
@@ -2625,12 +4984,19 @@ signals_catch(void)
 
 	memset(&sa, 0, sizeof(sa));
 	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = SIG_IGN;
+	if (sigaction(SIGPIPE, &sa, NULL) == -1)
+		return -1;
 	sa.sa_handler = on_signal;	/* no SA_RESTART: waitpid sees EINTR */
 	if (sigaction(SIGINT, &sa, NULL) == -1 ||
-	    sigaction(SIGTERM, &sa, NULL) == -1)
+	    sigaction(SIGTERM, &sa, NULL) == -1 ||
+	    sigaction(SIGHUP, &sa, NULL) == -1 ||
+	    sigaction(SIGUSR1, &sa, NULL) == -1 ||
+	    sigaction(SIGUSR2, &sa, NULL) == -1)
 		return -1;
 	return 0;
 }
+
 
 /* Who to become after binding, for -u. */
 struct identity {
@@ -2682,6 +5048,122 @@ identity_assume(const struct identity *id, const char *spec)
 		die("cannot drop privileges to '%s': root regained", spec);
 }
 
+/* Everything a run of the command line keeps. */
+struct run {
+	int argc;
+	char **argv;			/* without argv[0], for reloads */
+	struct tcpproxy_config cfg;	/* the running configuration */
+	struct tcpproxy_hooks hooks;
+	struct cli cli;
+	struct tcpproxy *p;
+	const char *pid_file;		/* written by us, removed at exit */
+};
+
+/*
+ * Parses the command line (and the config file it names) into cfg, with
+ * the run's hooks; returns 0, or -1 with the reason in err.
+ */
+static int
+run_parse(struct run *r, struct tcpproxy_config *cfg, char *err)
+{
+	tcpproxy_config_init(cfg);
+	if (tcpproxy_config_parse(cfg, r->argc, r->argv, err, ERRLEN) == -1)
+		return -1;
+	cfg->hooks = &r->hooks;
+	return 0;
+}
+
+/* SIGHUP: re-reads everything and switches, or says why not. */
+static void
+run_reload(struct run *r)
+{
+	struct tcpproxy_config cfg;
+	char err[ERRLEN];
+
+	if (run_parse(r, &cfg, err) == -1 ||
+	    tcpproxy_reload(r->p, &cfg, err, sizeof(err)) == -1) {
+		fprintf(stderr, "tcpproxy: reload failed, the running "
+		    "configuration stays: %s\n", err);
+		tcpproxy_config_free(&cfg);
+		return;
+	}
+	tcpproxy_config_free(&r->cfg);
+	r->cfg = cfg;
+	r->cli.cfg = &r->cfg;
+}
+
+/* Writes the pid file via a temporary name and a rename; exits 1. */
+static void
+pid_file_write(const char *path)
+{
+	char tmp[PATH_MAX];
+	FILE *f;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid()) >=
+	    (int)sizeof(tmp))
+		die("cannot write pid file '%s': name too long", path);
+	if ((f = fopen(tmp, "w")) == NULL)
+		die("cannot write pid file '%s': %s", path, strerror(errno));
+	if (fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0 ||
+	    rename(tmp, path) == -1) {
+		int saved = errno;
+
+		(void)unlink(tmp);
+		die("cannot write pid file '%s': %s", path, strerror(saved));
+	}
+}
+
+/* Removes the pid file at a clean exit, if it is still ours. */
+static void
+pid_file_remove(const char *path)
+{
+	char buf[32];
+	FILE *f;
+
+	if (path == NULL || (f = fopen(path, "r")) == NULL)
+		return;
+	if (fgets(buf, sizeof(buf), f) != NULL &&
+	    strtol(buf, NULL, 10) == (long)getpid() && unlink(path) == -1)
+		fprintf(stderr, "tcpproxy: cannot remove pid file '%s': %s\n",
+		    path, strerror(errno));
+	fclose(f);
+}
+
+/*
+ * Runs the poll loop in this process, acting on the signals between
+ * rounds.  Returns main's exit status.
+ */
+static int
+run_loop(struct run *r, int worker)
+{
+	int rc;
+
+	for (;;) {
+		rc = tcpproxy_step(r->p, -1);
+		if (rc != 1)
+			break;
+		if (got_hup) {
+			got_hup = 0;
+			if (worker)
+				fprintf(stderr, "tcpproxy: worker %d: SIGHUP "
+				    "is for the parent\n", worker);
+			else
+				run_reload(r);
+		}
+		if (got_usr1) {
+			got_usr1 = 0;
+			tcpproxy_log_stats(r->p);
+		}
+		if (got_usr2) {
+			got_usr2 = 0;
+			tcpproxy_drain(r->p);
+		}
+	}
+	if (rc == -1)
+		fprintf(stderr, "tcpproxy: poll: %s\n", strerror(errno));
+	return rc == -1 ? 1 : 0;
+}
+
 static void
 on_child(int sig)
 {
@@ -2711,21 +5193,70 @@ workers_reap(pid_t *pids, int n, int *rc)
 }
 
 /*
- * Runs n workers, each a process with its own poll loop on the shared
- * listeners, and waits for them; every SIGINT/SIGTERM is passed on, so a
- * second one ends their grace period.  Returns main's exit status.
+ * Forks the workers of one generation into pids[0..n); each runs its own
+ * poll loop on the listeners it inherits.  Returns how many started.
  */
 static int
-run_workers(struct tcpproxy *p, int n)
+workers_fork(struct run *r, pid_t *pids, int n, const sigset_t *old,
+    int *rc)
+{
+	struct sigaction sa;
+	int i, started = 0;
+
+	for (i = 0; i < n; i++) {
+		if ((pids[i] = fork()) == -1) {
+			fprintf(stderr, "tcpproxy: fork: %s\n",
+			    strerror(errno));
+			pids[i] = 0;
+			*rc = 1;
+			break;
+		}
+		if (pids[i] == 0) {
+			memset(&sa, 0, sizeof(sa));
+			sigemptyset(&sa.sa_mask);
+			sa.sa_handler = SIG_DFL;
+			(void)sigaction(SIGCHLD, &sa, NULL);
+			if (tcpproxy_after_fork(r->p, i + 1) == -1)
+				die("worker %d: %s", i + 1, strerror(errno));
+			got_stop = got_hup = got_usr1 = got_usr2 = 0;
+			the_proxy = r->p;
+			(void)sigprocmask(SIG_SETMASK, old, NULL);
+			i = run_loop(r, i + 1);
+			tcpproxy_free(r->p);
+			_exit(i);
+		}
+		started++;
+	}
+	return started;
+}
+
+/* Sends sig to every worker in pids[0..n). */
+static void
+workers_signal(const pid_t *pids, int n, int sig)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (pids[i] > 0)
+			(void)kill(pids[i], sig);
+}
+
+/*
+ * Runs n workers and supervises them.  Every SIGINT/SIGTERM is passed on,
+ * so a second one ends their grace period; SIGUSR1 too.  On SIGHUP the
+ * parent reloads (binding what is new), starts a new generation of
+ * workers and lets the old ones drain: they close their listeners and
+ * finish their bridges however long they take.  Returns main's status.
+ */
+static int
+run_workers(struct run *r, int n)
 {
 	struct sigaction sa;
 	sigset_t block, old;
-	pid_t *pids;
-	int i, r, rc = 0, alive = 0;
+	pid_t *pids = NULL, *grown;
+	int npids = 0, alive = 0, rc = 0, k;
 	sig_atomic_t forwarded = 0;
 
-	if ((pids = calloc((size_t)n, sizeof(*pids))) == NULL)
-		die("out of memory");
 	memset(&sa, 0, sizeof(sa));
 	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = on_child;
@@ -2737,247 +5268,87 @@ run_workers(struct tcpproxy *p, int n)
 	sigemptyset(&block);
 	sigaddset(&block, SIGINT);
 	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGHUP);
+	sigaddset(&block, SIGUSR1);
+	sigaddset(&block, SIGUSR2);
 	sigaddset(&block, SIGCHLD);
 	(void)sigprocmask(SIG_BLOCK, &block, &old);
-	for (i = 0; i < n; i++) {
-		if ((pids[i] = fork()) == -1) {
-			fprintf(stderr, "tcpproxy: fork: %s\n",
-			    strerror(errno));
-			got_signals++;
-			rc = 1;
-			break;
-		}
-		if (pids[i] == 0) {
-			free(pids);
-			sa.sa_handler = SIG_DFL;
-			(void)sigaction(SIGCHLD, &sa, NULL);
-			if (tcpproxy_after_fork(p, i + 1) == -1)
-				die("worker %d: %s", i + 1, strerror(errno));
-			(void)sigprocmask(SIG_SETMASK, &old, NULL);
-			r = tcpproxy_run(p);
-			if (r == -1)
-				fprintf(stderr, "tcpproxy: poll: %s\n",
-				    strerror(errno));
-			tcpproxy_free(p);
-			_exit(r == -1 ? 1 : 0);
-		}
-		alive++;
-	}
-	/* The parent only supervises: it serves nothing. */
+	/* The parent only supervises: its proxy holds the listeners. */
 	the_proxy = NULL;
-	tcpproxy_free(p);
-	while (alive > 0) {
-		while (forwarded < got_signals) {
-			for (i = 0; i < n; i++)
-				if (pids[i] > 0)
-					(void)kill(pids[i], SIGTERM);
+	got_hup = 1;
+	for (;;) {
+		if (got_hup && !got_stop) {
+			int first = npids == 0;
+
+			got_hup = 0;
+			if (!first) {
+				struct tcpproxy_config before = r->cfg;
+
+				run_reload(r);
+				if (memcmp(&before, &r->cfg, sizeof(before)) == 0)
+					goto wait;	/* it failed: keep them */
+				workers_signal(pids, npids, SIGUSR2);
+			}
+			if ((grown = realloc(pids, (size_t)(npids + n) *
+			    sizeof(*pids))) == NULL) {
+				fprintf(stderr, "tcpproxy: out of memory\n");
+				got_stop++;
+				rc = 1;
+			} else {
+				pids = grown;
+				k = workers_fork(r, pids + npids, n, &old, &rc);
+				npids += n;
+				alive += k;
+				if (k < n)
+					got_stop++;
+			}
+		}
+wait:
+		while (forwarded < got_stop) {
+			workers_signal(pids, npids, SIGTERM);
 			forwarded++;
 		}
-		if ((r = workers_reap(pids, n, &rc)) == -1)
+		if (got_usr1) {
+			got_usr1 = 0;
+			workers_signal(pids, npids, SIGUSR1);
+		}
+		if (alive == 0)
 			break;
-		if ((alive -= r) > 0 && forwarded == got_signals)
+		if ((k = workers_reap(pids, npids, &rc)) == -1)
+			break;
+		alive -= k;
+		if (alive > 0 && forwarded == got_stop && !got_hup &&
+		    !got_usr1)
 			(void)sigsuspend(&old);
 	}
 	free(pids);
 	return rc;
 }
 
-enum {
-	OPT_GRACE = 256, OPT_DUMP_FILE, OPT_DUMP_DIR, OPT_MAX_BYTES, OPT_RATE,
-	OPT_MAX_PER_SOURCE, OPT_BUSY_POLL
-};
-
-/*
- * Parses the command line into *o, which it initializes.  Returns
- * OPTIONS_RUN, OPTIONS_HELP or OPTIONS_VERSION, or -1 with a one-line
- * message naming the bad word in err (ERRLEN bytes).  It neither prints
- * nor exits, so a fuzzer can drive it; options_free() releases *o.
- */
-static int
-options_parse(struct options *o, int argc, char *argv[], char *err)
-{
-	static const struct option longopts[] = {
-		{ "allow", required_argument, NULL, 'a' },
-		{ "buffer-size", required_argument, NULL, 'b' },
-		{ "max-clients", required_argument, NULL, 'c' },
-		{ "deny", required_argument, NULL, 'd' },
-		{ "half-close", no_argument, NULL, 'H' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "idle-timeout", required_argument, NULL, 'i' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "connect-timeout", required_argument, NULL, 't' },
-		{ "user", required_argument, NULL, 'u' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "version", no_argument, NULL, 'V' },
-		{ "workers", required_argument, NULL, 'w' },
-		{ "hexdump", no_argument, NULL, 'x' },
-		{ "busy-poll", required_argument, NULL, OPT_BUSY_POLL },
-		{ "dump-dir", required_argument, NULL, OPT_DUMP_DIR },
-		{ "dump-file", required_argument, NULL, OPT_DUMP_FILE },
-		{ "grace", required_argument, NULL, OPT_GRACE },
-		{ "max-bytes", required_argument, NULL, OPT_MAX_BYTES },
-		{ "max-per-source", required_argument, NULL,
-		    OPT_MAX_PER_SOURCE },
-		{ "rate", required_argument, NULL, OPT_RATE },
-		{ NULL, 0, NULL, 0 }
-	};
-	struct tcpproxy_config *cfg = &o->cfg;
-	struct cli *cli = &o->cli;
-	unsigned long long n = 0;
-	int c, rc = 0;
-
-	memset(o, 0, sizeof(*o));
-	tcpproxy_config_init(cfg);
-	o->workers = 1;
-	opterr = 0;
-	while (rc == 0 && (c = getopt_long(argc, argv,
-	    ":a:b:c:d:Hhi:qt:u:vVw:x", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'a':
-			rc = cidr_add(&cli->allow, &cli->nallow, optarg,
-			    "allow", err);
-			break;
-		case 'b':
-			rc = parse_size(optarg, "buffer size",
-			    1024ULL * 1024 * 1024, &n, err);
-			cfg->buffer_size = (size_t)n;
-			break;
-		case 'c':
-			rc = parse_size(optarg, "max-clients", 1000000000ULL,
-			    &n, err);
-			cfg->max_clients = (unsigned long)n;
-			break;
-		case 'd':
-			rc = cidr_add(&cli->deny, &cli->ndeny, optarg, "deny",
-			    err);
-			break;
-		case 'H':
-			cfg->half_close = 1;
-			break;
-		case 'h':
-			return OPTIONS_HELP;
-		case 'i':
-			rc = parse_secs(optarg, "idle timeout",
-			    &cfg->idle_timeout, err);
-			break;
-		case 'q':
-			cfg->verbosity = TCPPROXY_LOG_ERROR;
-			break;
-		case 't':
-			rc = parse_secs(optarg, "connect timeout",
-			    &cfg->connect_timeout, err);
-			break;
-		case 'u':
-			o->user = optarg;
-			break;
-		case 'v':
-			cfg->verbosity = TCPPROXY_LOG_DEBUG;
-			break;
-		case 'V':
-			return OPTIONS_VERSION;
-		case 'w':
-			rc = parse_size(optarg, "workers", 1024, &n, err);
-			o->workers = (int)n;
-			break;
-		case 'x':
-			o->hex = 1;
-			break;
-		case OPT_BUSY_POLL:
-			/* Microseconds: no k, m or g. */
-			if (optarg[strspn(optarg, "0123456789")] != '\0')
-				rc = bad(err, "invalid busy-poll '%s': not a "
-				    "number of microseconds", optarg);
-			else
-				rc = parse_size(optarg, "busy-poll",
-				    TCPPROXY_BUSY_POLL_MAX, &n, err);
-			cfg->busy_poll = (unsigned long)n;
-			break;
-		case OPT_DUMP_DIR:
-			cli->dump_dir = optarg;
-			break;
-		case OPT_DUMP_FILE:
-			o->dump_file = optarg;
-			o->hex = 1;
-			break;
-		case OPT_GRACE:
-			rc = parse_secs(optarg, "grace", &cfg->grace, err);
-			break;
-		case OPT_MAX_BYTES:
-			rc = parse_size(optarg, "max-bytes", ULLONG_MAX / 2,
-			    &cfg->max_bytes, err);
-			break;
-		case OPT_MAX_PER_SOURCE:
-			rc = parse_size(optarg, "max-per-source",
-			    1000000000ULL, &n, err);
-			cli->max_per_source = (unsigned long)n;
-			break;
-		case OPT_RATE:
-			rc = parse_size(optarg, "rate", ULLONG_MAX / 2,
-			    &cfg->rate, err);
-			break;
-		case ':':
-			rc = bad(err, "option '%s' needs a value",
-			    argv[optind - 1]);
-			break;
-		default:
-			if (optopt > 0 && optopt < 256)
-				rc = bad(err, "unknown option '-%c'", optopt);
-			else
-				rc = bad(err, "unknown option '%s'",
-				    argv[optind - 1]);
-			break;
-		}
-	}
-	if (rc != 0)
-		return -1;
-	argc -= optind;
-	argv += optind;
-	if (argc < 4)
-		return bad(err, "missing arguments: need local_host local_port "
-		    "remote_host remote_port");
-	if (argc > 4)
-		return bad(err, "extra argument '%s'", argv[4]);
-	cfg->local_host = argv[0];
-	cfg->local_port = argv[1];
-	cfg->remote_host = argv[2];
-	cfg->remote_port = argv[3];
-	if (parse_port(argv[1], "local port", err) == -1 ||
-	    parse_port(argv[3], "remote port", err) == -1)
-		return -1;
-	if (strtol(argv[3], NULL, 10) == 0)
-		return bad(err, "invalid remote port '%s': cannot connect to "
-		    "port 0", argv[3]);
-	return OPTIONS_RUN;
-}
-
-/* Releases what options_parse() allocated. */
+/* Opens the dump and log outputs the options ask for; exits 1. */
 static void
-options_free(struct options *o)
+outputs_open(const struct tcpproxy_config *cfg, struct cli *cli)
 {
-	free(o->cli.allow);
-	free(o->cli.deny);
-	o->cli.allow = o->cli.deny = NULL;
-}
-
-/* Opens the dump outputs the options ask for; exits 1 on failure. */
-static void
-dumps_open(struct options *o)
-{
-	struct cli *cli = &o->cli;
+	const struct tcpproxy_program *o = &cfg->program;
 	struct stat st;
 
-	if (o->dump_file != NULL &&
-	    (cli->hex = fopen(o->dump_file, "w")) == NULL)
+	if (o->dump_file != NULL && (cli->hex = fopen(o->dump_file, "w")) ==
+	    NULL)
 		die("cannot open dump file '%s': %s", o->dump_file,
 		    strerror(errno));
-	if (o->hex && cli->hex == NULL) {
+	if (o->hexdump && cli->hex == NULL) {
 		int fd = dup(STDERR_FILENO);
 
 		/* A stream of its own, fully buffered, flushed per chunk. */
 		if (fd == -1 || (cli->hex = fdopen(fd, "w")) == NULL)
 			die("cannot dump to stderr: %s", strerror(errno));
 	}
-	if (cli->dump_dir == NULL)
+	if (o->log_file != NULL && (cli->log = fopen(o->log_file, "a")) ==
+	    NULL)
+		die("cannot open log file '%s': %s", o->log_file,
+		    strerror(errno));
+	cli->log_common = o->log_common;
+	if ((cli->dump_dir = o->dump_dir) == NULL)
 		return;
 	if (mkdir(cli->dump_dir, 0777) == -1 && errno != EEXIST)
 		die("cannot create dump directory '%s': %s", cli->dump_dir,
@@ -2993,71 +5364,86 @@ dumps_open(struct options *o)
 		    strerror(errno));
 }
 
+/* Prints one --check-config problem. */
+static void
+check_report(void *user, const char *line)
+{
+	(void)user;
+	fprintf(stderr, "tcpproxy: %s\n", line);
+}
+
 #ifndef TCPPROXY_FUZZ
 int
 main(int argc, char *argv[])
 {
-	static struct options o;
-	static struct tcpproxy_hooks hooks;	/* o.cfg.hooks points here */
-	struct tcpproxy *p;
-	struct sigaction ign;
-	struct cli *cli = &o.cli;
+	static struct run r;
+	struct cli *cli = &r.cli;
+	const struct tcpproxy_program *o = &r.cfg.program;
 	/* Set by identity_lookup; -1 fails setgid() should it ever not be. */
 	struct identity id = { (uid_t)-1, (gid_t)-1 };
 	char err[ERRLEN];
 	int rc;
 
-	switch (options_parse(&o, argc, argv, err)) {
-	case OPTIONS_HELP:
+	r.argc = argc - 1;
+	r.argv = argv + 1;
+	if (run_parse(&r, &r.cfg, err) == -1)
+		usage_error("%s", err);
+	if (o->help) {
 		help();
 		return 0;
-	case OPTIONS_VERSION:
+	}
+	if (o->version) {
 		printf("tcpproxy %s\n", TCPPROXY_VERSION);
 		return 0;
-	case OPTIONS_RUN:
-		break;
-	default:
-		usage_error("%s", err);
 	}
-	dumps_open(&o);
-	memset(&hooks, 0, sizeof(hooks));
-	hooks.user = cli;
-	if (cli->nallow || cli->ndeny || cli->max_per_source ||
-	    cli->hex != NULL || cli->dump_dir != NULL) {
-		hooks.on_accept = cli_accept;
-		hooks.on_close = cli_close;
-		o.cfg.hooks = &hooks;
+	if (o->check_config) {
+		unsigned long n = tcpproxy_config_check(&r.cfg, check_report,
+		    NULL);
+
+		if (n == 0)
+			printf("tcpproxy: configuration ok: %lu services\n",
+			    (unsigned long)r.cfg.nservices);
+		return n == 0 ? 0 : 2;
 	}
+	outputs_open(&r.cfg, cli);
+	cli->cfg = &r.cfg;
+	r.hooks.user = cli;
+	r.hooks.on_accept = cli_accept;
 	/* Only a dump needs to see the data: the relay pays nothing else. */
 	if (cli->hex != NULL || cli->dump_dir != NULL)
-		hooks.on_data = cli_data;
+		r.hooks.on_data = cli_data;
+	if (cli->hex != NULL || cli->dump_dir != NULL || cli->log != NULL)
+		r.hooks.on_close = cli_close;
+	else
+		r.hooks.on_accept = NULL;
 
-	memset(&ign, 0, sizeof(ign));
-	sigemptyset(&ign.sa_mask);
-	ign.sa_handler = SIG_IGN;
-	(void)sigaction(SIGPIPE, &ign, NULL);
+	if (signals_catch() == -1)
+		die("sigaction: %s", strerror(errno));
 	raise_fd_limit();
-	if (o.user != NULL)
-		identity_lookup(o.user, &id);
-	if ((p = tcpproxy_create(&o.cfg, err, sizeof(err))) == NULL)
+	if (o->user != NULL)
+		identity_lookup(o->user, &id);
+	if ((r.p = tcpproxy_create(&r.cfg, err, sizeof(err))) == NULL)
 		die("%s", err);
-	if (o.user != NULL)
-		identity_assume(&id, o.user);
+	if (o->pid_file != NULL) {
+		pid_file_write(o->pid_file);
+		r.pid_file = o->pid_file;
+	}
+	if (o->user != NULL)
+		identity_assume(&id, o->user);
 	else if (geteuid() == 0)
 		fprintf(stderr, "tcpproxy: warning: running as root; "
 		    "consider --user\n");
-	the_proxy = p;
-	if (signals_catch() == -1)
-		die("sigaction: %s", strerror(errno));
-	if (o.workers > 1)
-		return run_workers(p, o.workers);
-	rc = tcpproxy_run(p);
-	if (rc == -1)
-		fprintf(stderr, "tcpproxy: poll: %s\n", strerror(errno));
-	the_proxy = NULL;
-	tcpproxy_free(p);
-	options_free(&o);
-	return rc == -1 ? 1 : 0;
+	if (o->workers > 1) {
+		rc = run_workers(&r, (int)o->workers);
+	} else {
+		the_proxy = r.p;
+		rc = run_loop(&r, 0);
+		the_proxy = NULL;
+	}
+	tcpproxy_free(r.p);
+	pid_file_remove(r.pid_file);
+	tcpproxy_config_free(&r.cfg);
+	return rc;
 }
 #endif /* TCPPROXY_FUZZ */
 

@@ -79,6 +79,9 @@ struct tcpproxy_bridge_info {
 	socklen_t client_len;
 	const char *client_name;	/* "127.0.0.1:40000", "[::1]:40000" */
 	const char *server_name;	/* the server address last tried */
+	const char *service_name;	/* the service it was accepted by */
+	const char *backend_name;	/* the backend tried, "HOST:PORT" */
+	const char *local_name;		/* the address it connected to */
 	unsigned long long bytes[2];
 	double duration;		/* seconds since accept */
 	enum tcpproxy_reason reason;	/* TCPPROXY_REASON_NONE until close */
@@ -145,21 +148,38 @@ struct tcpproxy_hooks {
 	    const struct tcpproxy_bridge_info *info);
 };
 
+/* How a service picks a backend for a new client (--balance). */
+enum tcpproxy_balance {
+	TCPPROXY_BALANCE_ROUNDROBIN = 0,	/* each in turn */
+	TCPPROXY_BALANCE_LEASTCONN,	/* the one with fewest open bridges */
+	TCPPROXY_BALANCE_SOURCE,	/* a hash of the client's address */
+	TCPPROXY_BALANCE_FIRST		/* in the order given: failover */
+};
+
+/* One server of a service, as written: a name or literal, and a port. */
+struct tcpproxy_backend {
+	const char *host;
+	const char *port;		/* digits, or a service name */
+};
+
 /*
- * How to build a proxy.  Fill it with tcpproxy_config_init(), then set
- * the four addresses and whatever else differs from the defaults.  The
- * proxy copies what it needs; the struct and its strings may go away
- * after tcpproxy_create() returns, except hooks, which must outlive it.
+ * One forwarding rule: where it listens, where it relays to, and every
+ * setting a bridge of it reads.  tcpproxy_service_init() fills the
+ * defaults.  Strings and arrays are copied by tcpproxy_create() and
+ * tcpproxy_reload().
  */
-struct tcpproxy_config {
-	const char *local_host;		/* name or literal; bind all it gives */
+struct tcpproxy_service {
+	const char *name;		/* NULL: "LOCAL_HOST:LOCAL_PORT" */
+	const char *local_host;		/* NULL, "" or "*": every address */
 	const char *local_port;		/* "0" picks a free port */
-	const char *remote_host;
-	const char *remote_port;
+	const struct tcpproxy_backend *backends;
+	size_t nbackends;		/* at least 1 */
+	const char *source;		/* bind connections to it; NULL: any */
+	enum tcpproxy_balance balance;
 	unsigned long max_clients;	/* bridges at once; 0: no limit */
+	unsigned long max_per_source;	/* bridges per client address; 0 */
 	double connect_timeout;		/* seconds per address; 0: none */
 	double idle_timeout;		/* seconds; 0: none */
-	double grace;			/* seconds bridges may finish after stop */
 	size_t buffer_size;		/* bytes per direction per bridge */
 	int half_close;			/* pass an EOF on as shutdown(SHUT_WR) */
 	/* Upstream bytes a bridge may carry; once that many are read from
@@ -168,6 +188,70 @@ struct tcpproxy_config {
 	/* Bytes per second each direction of a bridge may read (a token
 	 * bucket of 1/20 s; reads wait, nothing is dropped).  0: no limit. */
 	unsigned long long rate;
+	/* Passive health: this many failed connects in a row mark a backend
+	 * down for down_time seconds; then one client probes it. */
+	unsigned long fails;
+	double down_time;
+	/* Active health: a TCP connect to each backend every this many
+	 * seconds (with jitter); 0: none. */
+	double health_check;
+	/* Access lists: CIDR blocks ("10.0.0.0/8", "::1") or rinetd's
+	 * patterns ("192.168.1.*", "10.?.0.1"); deny wins, and a non-empty
+	 * allow list admits only what it matches. */
+	const char *const *allow;
+	size_t nallow;
+	const char *const *deny;
+	size_t ndeny;
+	const char *where;		/* "FILE:LINE" for messages, or NULL */
+};
+
+/*
+ * What the grammar reads for the program around the engine (the command
+ * line acts on these; the engine ignores them).
+ */
+struct tcpproxy_program {
+	const char *user;		/* -u USER[:GROUP] */
+	const char *pid_file;		/* --pid-file, rinetd's pidlogfile */
+	const char *log_file;		/* rinetd's logfile */
+	const char *dump_dir;		/* --dump-dir */
+	const char *dump_file;		/* --dump-file */
+	const char *config_file;	/* -f */
+	unsigned long workers;		/* -w; 1 by default */
+	int hexdump;			/* -x */
+	int log_common;			/* rinetd's logcommon */
+	int check_config;		/* --check-config */
+	int help, version;		/* -h, -V */
+};
+
+/*
+ * How to build a proxy.  Fill it with tcpproxy_config_init(), then either
+ * set the four addresses of the simple case (one service, one backend)
+ * and whatever else differs from the defaults, or point services at an
+ * array of rules, or let tcpproxy_config_parse() fill it from words and
+ * config files.  The proxy copies what it needs; the struct and its
+ * strings may go away after tcpproxy_create() returns, except hooks,
+ * which must outlive it.
+ */
+struct tcpproxy_config {
+	/* The simple case: when local_port is set, these fields make one
+	 * service (listed before services[]), with the fields of struct
+	 * tcpproxy_service of the same names. */
+	const char *local_host;
+	const char *local_port;
+	const char *remote_host;
+	const char *remote_port;
+	unsigned long max_clients;
+	double connect_timeout;
+	double idle_timeout;
+	size_t buffer_size;
+	int half_close;
+	unsigned long long max_bytes;
+	unsigned long long rate;
+	/* More services. */
+	const struct tcpproxy_service *services;
+	size_t nservices;
+	/* For the whole engine. */
+	double grace;			/* seconds bridges may finish after stop */
 	/* After a round with I/O, keep polling without waiting for this many
 	 * microseconds (at most 1,000,000) before poll() may sleep: a round
 	 * trip no longer waits for the process to be woken, for a core kept
@@ -179,12 +263,47 @@ struct tcpproxy_config {
 	void (*log)(void *log_user, int level, const char *line);
 	void *log_user;
 	const struct tcpproxy_hooks *hooks;	/* NULL: none */
+	struct tcpproxy_program program;
+	void *owned;			/* what tcpproxy_config_parse() made */
 };
 
 struct tcpproxy;
 
 /* Fills *cfg with the defaults: 10 s connect timeout, 5 s grace, ... */
 void tcpproxy_config_init(struct tcpproxy_config *cfg);
+
+/* Fills *svc with the defaults of a service (those of the config). */
+void tcpproxy_service_init(struct tcpproxy_service *svc);
+
+/*
+ * The grammar of the command line and of config files, one and the same.
+ * tcpproxy_config_parse() reads words as typed after "tcpproxy" (argv
+ * without argv[0]): options, then an optional rule LOCAL REMOTE... where
+ * an endpoint is HOST PORT, HOST:PORT or [V6]:PORT.  A rule becomes one
+ * more service; options before it, with no rule, are defaults for the
+ * services of a config file (-f), which it then reads with
+ * tcpproxy_config_file().  Neither resolves a name nor binds anything.
+ * Each returns 0, or -1 with a one-line message naming the word at fault
+ * (and "FILE:LINE: " for a file) in err.  tcpproxy_config_free() releases
+ * what they made; cfg is then as after tcpproxy_config_init().
+ */
+int tcpproxy_config_parse(struct tcpproxy_config *cfg, int argc,
+    char *const argv[], char *err, size_t errlen);
+int tcpproxy_config_file(struct tcpproxy_config *cfg, const char *path,
+    char *err, size_t errlen);
+/* The same as tcpproxy_config_file() for text already in memory. */
+int tcpproxy_config_text(struct tcpproxy_config *cfg, const char *name,
+    const char *text, size_t len, char *err, size_t errlen);
+void tcpproxy_config_free(struct tcpproxy_config *cfg);
+
+/*
+ * Checks a configuration completely without binding anything: every
+ * setting, every name resolved, duplicate listen addresses.  Calls
+ * report once per problem with a line "WHERE: what" (WHERE is "FILE:LINE"
+ * or the service's name).  Returns the number of problems.
+ */
+unsigned long tcpproxy_config_check(const struct tcpproxy_config *cfg,
+    void (*report)(void *user, const char *line), void *user);
 
 /*
  * Resolves both addresses, binds and listens, and logs the ready line(s)
@@ -217,6 +336,53 @@ int tcpproxy_step(struct tcpproxy *p, int timeout_ms);
 void tcpproxy_stop(struct tcpproxy *p);
 
 /*
+ * Like tcpproxy_stop(), but with no time limit: the listeners close and
+ * open bridges may take as long as they need.  tcpproxy_stop() afterwards
+ * starts the grace period.  Safe from a signal handler.
+ */
+void tcpproxy_drain(struct tcpproxy *p);
+
+/* Makes a tcpproxy_step() waiting in poll() return soon; signal-safe. */
+void tcpproxy_wake(struct tcpproxy *p);
+
+/*
+ * Switches a running proxy to a new configuration: re-resolves every
+ * name, binds the new listeners and keeps those whose address is
+ * unchanged (the same descriptor: no client is refused meanwhile), closes
+ * the removed ones.  Open bridges keep the settings they were accepted
+ * under; backend health and counters carry over where the service and
+ * backend names are unchanged.  Returns 0 if it switched, or -1 with
+ * errno set and the reason in err, with the running configuration left
+ * exactly as it was.  Not from a signal handler or a hook.
+ */
+int tcpproxy_reload(struct tcpproxy *p, const struct tcpproxy_config *cfg,
+    char *err, size_t errlen);
+
+/* Counters of a service (backend NULL) or of one of its backends. */
+struct tcpproxy_stats {
+	const char *service;		/* its name */
+	const char *backend;		/* "HOST:PORT" as written, or NULL */
+	unsigned long open;		/* bridges open now */
+	unsigned long long total;	/* bridges since start */
+	unsigned long long refused;	/* clients refused (service) */
+	unsigned long long failed;	/* failed connects */
+	unsigned long long bytes[2];	/* delivered, per tcpproxy_dir */
+	int down;			/* backend marked down */
+	double down_for;		/* seconds it has been down */
+};
+
+/*
+ * Fills out[0..n) with the counters of every service, each followed by
+ * its backends, and returns how many entries there are (more than n if
+ * out was too short).  Counters run since start, across reloads.
+ */
+size_t tcpproxy_stats(const struct tcpproxy *p, struct tcpproxy_stats *out,
+    size_t n);
+
+/* Logs the same as "stats" lines, one per service and per backend. */
+void tcpproxy_log_stats(struct tcpproxy *p);
+
+/*
  * Prepares a proxy inherited across fork() to run in the child: gives it
  * a stop pipe of its own, and (worker > 0) tags its bridge log lines
  * "worker=N".  Several processes may then run copies of one proxy on the
@@ -225,7 +391,7 @@ void tcpproxy_stop(struct tcpproxy *p);
  */
 int tcpproxy_after_fork(struct tcpproxy *p, int worker);
 
-/* Returns the port the proxy listens on (useful after port "0"). */
+/* Returns the port the proxy's first listener has (after port "0"). */
 int tcpproxy_bound_port(const struct tcpproxy *p);
 
 /* Returns the number of open bridges. */

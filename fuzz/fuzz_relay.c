@@ -340,11 +340,12 @@ static void
 check_state(void)
 {
 	struct tcpproxy *p = R.p;
+	struct service *svc;
 	size_t k;
 	int t;
 
 	CHECK(p->nbridges <= p->cap);
-	CHECK(p->nspare <= TCPPROXY_SPARE_BUFFERS);
+	CHECK(p->base == 1 + p->nlisten + p->nchecks);
 	for (k = 0; k < p->nbridges; k++) {
 		struct bridge *b = p->tab[k];
 		int s;
@@ -354,28 +355,53 @@ check_state(void)
 		CHECK(fcntl(b->fd[CLIENT], F_GETFD) != -1);
 		CHECK(b->fd[SERVER] == -1 ||
 		    fcntl(b->fd[SERVER], F_GETFD) != -1);
+		/* The explicit state and what it implies. */
+		CHECK(b->state <= BRIDGE_OPEN);
+		CHECK((b->state == BRIDGE_WAIT_FD) == (b->timer == TIMER_FDWAIT));
+		CHECK(b->state != BRIDGE_WAIT_FD || b->fd[SERVER] == -1);
+		CHECK(b->state == BRIDGE_WAIT_FD || b->fd[SERVER] >= 0);
+		/* A bridge points at a service holding a reference for it,
+		 * and at one of that service's backends. */
+		CHECK(b->svc != NULL && b->svc->refs >= 1);
+		CHECK(b->be != NULL && b->be->open >= 1);
+		CHECK(b->addr <= b->be->naddrs);
 		for (s = CLIENT; s <= SERVER; s++) {
 			struct pollfd *pfd = slot_pfd(p, k, s);
 			const struct flow *f = &b->flow[s];
 
 			CHECK(pfd->events == want(p, b, s));
 			CHECK(pfd->fd == (pfd->events ? b->fd[s] : -1));
-			CHECK(f->off <= f->len && f->len <= p->bufsize);
+			CHECK(f->off <= f->len && f->len <= b->svc->bufsize);
 			/* An attached buffer holds bytes. */
 			CHECK(f->buf == NULL || f->off < f->len);
 			CHECK(f->buf != NULL || (f->off == 0 && f->len == 0));
 		}
 		CHECK(!(flow_done(b, CLIENT) && flow_done(b, SERVER)));
 	}
-	for (t = TIMER_CONNECT; t <= TIMER_IDLE; t++) {
-		struct bridge *b, *prev = NULL;
+	for (svc = p->services; svc != NULL; svc = svc->next) {
+		unsigned long open = 0;
 
-		for (b = p->timers[t].head; b != NULL; b = b->next) {
-			CHECK(b->timer == t && b->prev == prev);
-			prev = b;
+		CHECK(svc->nspare <= TCPPROXY_SPARE_BUFFERS);
+		/* Live services come first; a retired one has bridges. */
+		CHECK(!svc->retired || svc->refs > 0);
+		if (svc->next != NULL && svc->retired)
+			CHECK(svc->next->retired);
+		for (k = 0; k < p->nbridges; k++)
+			open += p->tab[k]->svc == svc;
+		CHECK(svc->refs == open + !svc->retired);
+		for (t = TIMER_CONNECT; t <= TIMER_IDLE; t++) {
+			struct bridge *b, *prev = NULL;
+
+			for (b = svc->timers[t].head; b != NULL; b = b->next) {
+				CHECK(b->timer == t && b->prev == prev &&
+				    b->svc == svc);
+				prev = b;
+			}
+			CHECK(svc->timers[t].tail == prev);
 		}
-		CHECK(p->timers[t].tail == prev);
 	}
+	for (k = 0; k < p->nlisten; k++)
+		CHECK(p->lis[k].svc != NULL && !p->lis[k].svc->retired);
 	CHECK(R.closes <= R.admitted);
 	if (R.hooks.on_accept != NULL)
 		CHECK(p->nbridges == R.admitted - R.closes);
@@ -884,9 +910,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (k = 0; k < R.p->nbridges; k++) {
 			struct bridge *b = R.p->tab[k];
 
-			fprintf(stderr, "stuck bridge id=%lu connecting=%d "
+			fprintf(stderr, "stuck bridge id=%lu state=%d "
 			    "rd=%d,%d wr=%d,%d q=%zu,%zu\n", b->id,
-			    b->connecting, b->rd[0], b->rd[1], b->wr[0],
+			    b->state, b->rd[0], b->rd[1], b->wr[0],
 			    b->wr[1], b->flow[0].len - b->flow[0].off,
 			    b->flow[1].len - b->flow[1].off);
 		}

@@ -121,7 +121,7 @@ EOF
 	run from 127.0.0.2 "$PROXY_PORT" <<<"refused"
 	[ "$status" -ne 124 ]
 	[ -z "$output" ]
-	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: refuse id=1 client=127\.0\.0\.2:[0-9]+$'
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: refuse id=1 client=127\.0\.0\.2:[0-9]+ reason=not-allowed$'
 	printf 'served' | from 127.0.0.1 "$PROXY_PORT"
 	wait_for 20 has_line "$BACKEND_OUT" '^recv '
 	[ "$(field "$BACKEND_OUT" recv | cut -d' ' -f1)" = 6 ]
@@ -173,7 +173,7 @@ EOF
 	run "$CLIENT" -a 30 -r -g 10k ::1 "$PROXY_PORT"
 	[ "$status" -ne 124 ]
 	[[ $output != *"recv 10240 "* ]]
-	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: refuse id=1 client=\[::1\]:[0-9]+$'
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: refuse id=1 client=\[::1\]:[0-9]+ reason=denied$'
 	# An IPv4-only allow list admits no IPv6 client.
 	start_proxy -a 127.0.0.0/8 ::1 0 ::1 "$BACKEND_PORT"
 	run "$CLIENT" -a 30 -r -g 10k ::1 "$PROXY_PORT"
@@ -359,7 +359,7 @@ trickle_whole() {
 	run "$CLIENT" -a 30 -r -g 0 127.0.0.1 "$PROXY_PORT"
 	[ "$status" -ne 124 ]
 	[[ $output == *"recv 0 "* ]]
-	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: refuse id=3 client=127\.0\.0\.1:'
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: refuse id=3 client=127\.0\.0\.1:[0-9]+ reason=max-per-source$'
 	# ...while another address is still served.
 	run from 127.0.0.2 "$PROXY_PORT" <<<"other"
 	[ "$output" = other ]
