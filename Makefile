@@ -52,7 +52,7 @@ test: tcpproxy $(TESTBIN) $(EXAMPLES)
 	    echo '  Debian/Ubuntu: apt-get install bats'; \
 	    echo '  macOS: brew install bats-core; FreeBSD: pkg install bats-core'; \
 	    exit 1; }
-	$(BATS) test
+	BATS_TEST_TIMEOUT=$${BATS_TEST_TIMEOUT:-180} $(BATS) test
 
 bench/loadgen: bench/loadgen.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o bench/loadgen bench/loadgen.c $(LDLIBS)

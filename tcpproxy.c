@@ -7,11 +7,43 @@
  *
  * Design.
  *
- * One poll() loop serves every connection.  Each accepted client is paired
- * with one connection to the server in a bridge record.  A bridge has two
- * sides, fd[CLIENT] and fd[SERVER], and two flows: flow[s] holds the bytes
- * read from side s that still wait to be written to side !s.  All relay
- * code is written once for a side s and its peer !s.
+ * One poll() loop serves every connection of every service.  The records:
+ *
+ *   service   one forwarding rule: its name, backends and balancing
+ *             policy, and every setting its bridges read (timeouts,
+ *             limits, half-close, rate, access lists); its own timer
+ *             lists and buffer free list.  A reload builds new service
+ *             records and retires the old ones: a retired service accepts
+ *             nothing and is freed when its last bridge closes, so an open
+ *             bridge keeps the settings it was accepted under.
+ *   state     what the records of one service name share across reloads:
+ *             counters, the round-robin cursor, the per-source table.
+ *   backend   one server of a service, as written, with its resolved
+ *             addresses and its health (down until, failures in a row) and
+ *             counters; shared by the records of a service across reloads
+ *             while its name is kept, so health carries over.
+ *   listener  a bound socket and the service it feeds.  A reload hands a
+ *             listener whose address is unchanged to the new service of
+ *             that address, descriptor and all: no client is refused.
+ *   bridge    an accepted client paired with one connection to a backend.
+ *             Its state is explicit: WAIT_FD (no descriptor for the server
+ *             socket yet), CONNECTING, OPEN.
+ *
+ * A bridge has two sides, fd[CLIENT] and fd[SERVER], and two flows:
+ * flow[s] holds the bytes read from side s that still wait to be written
+ * to side !s.  All relay code is written once for a side s and its peer
+ * !s.
+ *
+ * Connecting is planned per bridge: the policy picks where its order of
+ * backends starts (the next in turn, a hash of the client's address, the
+ * first, or the one with fewest bridges), then each backend of the order
+ * is tried once, its addresses in turn, usable (up) ones first and then
+ * those marked down, since a down mark is a hint, not a refusal.  A
+ * failed connect moves on before any byte reached a server, so what the
+ * client sent meanwhile goes to the one that answers.  Failures in a row
+ * mark a backend down for a while; then one client probes it.  Active
+ * checks, when asked for, are nonblocking connects with pollfds of their
+ * own after the listeners'.
  *
  * Per side, rd[s] says whether we still read from s and wr[s] whether we
  * may still write to it.  Events only ever clear them:
@@ -28,13 +60,14 @@
  * delivered unless their receiver is gone or a timeout fires.
  *
  * Poll interest is derived, never toggled: want() computes the events of
- * one side from the bridge state, and the pollfd array is a projection of
- * the bridge table kept up to date by bridge_settle.  The array is compact
- * (slot 0 the wake pipe, then the listeners, then two slots per bridge in
- * table order), and a closed bridge's slots are filled by the last bridge,
- * so per-round work is proportional to the descriptors and nothing more.
- * A side with no interest is polled as fd -1, so a hung-up socket we
- * cannot act on yet never makes poll() spin.
+ * one side from the bridge's state, and the pollfd array is a projection
+ * of the bridge table kept up to date by bridge_settle.  The array is
+ * compact (slot 0 the wake pipe, then the listeners, then the health
+ * checks, then two slots per bridge in table order), and a closed
+ * bridge's slots are filled by the last bridge, so per-round work is
+ * proportional to the descriptors and nothing more.  A side with no
+ * interest is polled as fd -1, so a hung-up socket we cannot act on yet
+ * never makes poll() spin.
  *
  * poll() costs time for every descriptor it is given, idle or not: with
  * thousands of idle bridges, each round would cost milliseconds.  So the
@@ -53,19 +86,31 @@
  * With --busy-poll, a round after one with events polls without waiting
  * for a while, instead of sleeping (see poll_busy).
  *
- * Buffers are fixed-size (buffer_size per direction) but attached to a
- * flow only while it holds bytes: a flow takes one from a small free list
- * when it reads and gives it back when it drains, so an idle bridge costs
- * only its record, and the hot path never calls malloc.
+ * Buffers are fixed-size (the service's buffer_size per direction) but
+ * attached to a flow only while it holds bytes: a flow takes one from its
+ * service's small free list when it reads and gives it back when it
+ * drains, so an idle bridge costs only its record, and the hot path never
+ * calls malloc.
  *
- * Timeouts are uniform per kind, so intrusive lists ordered by last
- * activity give the next deadline in O(1): connecting bridges (connect
- * timeout, per address tried), established ones (idle timeout), and
- * bridges whose client was accepted but whose server socket could not be
- * made for want of a descriptor: they wait, first come first served, for
- * a bridge to close (at most the connect timeout), rather than have their
- * client dropped.  Flows paused by --rate sit on a fourth, unordered
- * list, walked only while some flow is paused.
+ * Timeouts are uniform per kind within a service, so intrusive lists
+ * ordered by last activity give each service's next deadline in O(1):
+ * connecting bridges (connect timeout, per address tried) and established
+ * ones (idle timeout).  Bridges whose client was accepted but whose
+ * server socket could not be made for want of a descriptor wait on one
+ * engine-wide list, first come first served, for a bridge to close (at
+ * most their connect timeout), rather than have their client dropped.
+ * Flows paused by --rate sit on an unordered list, walked only while some
+ * flow is paused, and health checks keep their next time on their
+ * backend.  The next deadline is found by a walk over the services,
+ * cheap next to a poll() of their listeners; a heap would pay off only
+ * with many more kinds of deadline (see DESIGN.md).  Times are monotonic
+ * milliseconds, but for the busy-poll and cold-sweep pacing, in
+ * microseconds.
+ *
+ * Every input speaks one grammar: the command line, a config file line
+ * (exactly the words one would type after tcpproxy) and the library's
+ * parser share one table of options (opts[]) and one rule parser.
+ * Validation happens in the library; the program only reads signals.
  *
  * A data hook sees each chunk between recv() and its queue.  It may hold
  * bytes back or have more to add than its room: when a flow stops being
@@ -490,17 +535,23 @@ addr_name(const struct sockaddr *sa, socklen_t len, char *buf, size_t size)
 	return buf;
 }
 
+/* Formats a message into err (if any). */
+static void
+err_vformat(char *err, size_t errlen, const char *fmt, va_list ap)
+{
+	if (err != NULL && errlen > 0)
+		vsnprintf(err, errlen, fmt, ap);
+}
+
 /* Copies msg into err (if any) and sets errno; returns NULL. */
 static void *
 fail(char *err, size_t errlen, int errnum, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (err != NULL && errlen > 0) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
+	va_start(ap, fmt);
+	err_vformat(err, errlen, fmt, ap);
+	va_end(ap);
 	errno = errnum;
 	return NULL;
 }
@@ -511,11 +562,9 @@ failed(char *err, size_t errlen, int errnum, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (err != NULL && errlen > 0) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
+	va_start(ap, fmt);
+	err_vformat(err, errlen, fmt, ap);
+	va_end(ap);
 	errno = errnum;
 	return -1;
 }
@@ -1440,6 +1489,8 @@ server_connect(struct tcpproxy *p, struct bridge *b, int err)
 			break;
 	}
 	timer_unlink(p, b);
+	/* No backend took the client: that, not its EOF, is why it ends. */
+	b->reason = TCPPROXY_REASON_NONE;
 	bridge_end(b, connect_reason(err), err == ETIMEDOUT ? 0 : err);
 	b->rd[CLIENT] = b->wr[CLIENT] = b->rd[SERVER] = b->wr[SERVER] = 0;
 	return -1;
@@ -1767,6 +1818,7 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 	b->fd[SERVER] = -1;
 	b->rd[CLIENT] = b->rd[SERVER] = b->wr[CLIENT] = b->wr[SERVER] = 1;
 	b->timer = TIMER_NONE;
+	b->state = BRIDGE_CONNECTING;	/* server_connect says what it is */
 	b->start_ms = b->last = p->now;
 	b->flow[CLIENT].tokens = b->flow[SERVER].tokens = svc->burst;
 	b->flow[CLIENT].stamp = b->flow[SERVER].stamp = p->now;
@@ -1797,12 +1849,9 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 	memcpy(b->server, b->be->addrs[0].name, sizeof(b->server));
 	say(p, TCPPROXY_LOG_INFO, "open id=%lu%s client=%s server=%s%s", b->id,
 	    p->worker, b->client, b->server, svc->tag);
+	/* Out of descriptors, it waits; it fails only with no backend. */
 	if (server_connect(p, b, 0) == -1) {
-		int err = b->error;
-
 		bridge_close(p, b);
-		if (err == EMFILE || err == ENFILE)
-			accept_pause(p, err);
 		return;
 	}
 	(void)bridge_settle(p, b);
@@ -3464,7 +3513,7 @@ tcpproxy_config_check(const struct tcpproxy_config *cfg,
 			for (l = 0; l < nseen; l++)
 				if (addr_equal(&seen[l].a, &a[k], 1)) {
 					snprintf(err, sizeof(err), "%slisten "
-					    "address %s is also service '%s''s",
+					    "address %s is service '%s''s too",
 					    built[i]->where, a[k].name,
 					    built[seen[l].svc]->name);
 					report(user, err);
@@ -3759,6 +3808,7 @@ struct parse {
 	const char *file;		/* NULL: the command line */
 	unsigned long line;
 	int process_only;		/* apply only S_PROC options */
+	const char *proc_opt;		/* a process option of this line */
 	char *err;
 	size_t errlen;
 };
@@ -3934,6 +3984,8 @@ opt_apply(struct parse *ps, const struct opt *o, const char *val,
 	char what[40];
 
 	snprintf(what, sizeof(what), "--%s", o->name);
+	if (o->scope == S_PROC)
+		ps->proc_opt = o->name;
 	/* The command line's process options wait for the second pass,
 	 * after a config file, so that they win over the file's. */
 	if (ps->process_only ? o->scope != S_PROC :
@@ -4080,30 +4132,6 @@ is_option(const char *word)
 	return word[0] == '-' && word[1] != '\0';
 }
 
-/*
- * Returns the scope of the option word (its first letter for a cluster)
- * without an error for an unknown one: S_RULE then.
- */
-static int
-opt_scope(const char *word)
-{
-	size_t i, len;
-	const char *name;
-
-	if (word[1] != '-') {
-		for (i = 0; i < NOPTS; i++)
-			if (opts[i].letter == word[1])
-				return opts[i].scope;
-		return S_RULE;
-	}
-	name = word + 2;
-	len = strcspn(name, "=");
-	for (i = 0; i < NOPTS; i++)
-		if (strncmp(opts[i].name, name, len) == 0)
-			return opts[i].scope;
-	return S_RULE;
-}
-
 /* Returns whether port is valid and known: digits, or a service name
  * the services database has (no resolver involved). */
 static int
@@ -4245,18 +4273,15 @@ words_parse(struct parse *ps, char *const words[], int n, int allow_proc)
 {
 	struct tcpproxy_service svc = *ps->defaults;
 	char *pos[256];
-	int i, npos = 0, opts_done = 0, nproc = 0;
-	const char *proc = NULL;
+	int i, npos = 0, opts_done = 0;
 
+	ps->proc_opt = NULL;
 	for (i = 0; i < n; i++) {
 		if (!opts_done && strcmp(words[i], "--") == 0) {
 			opts_done = 1;
 			continue;
 		}
 		if (!opts_done && is_option(words[i])) {
-			if (opt_scope(words[i]) != S_RULE && proc == NULL)
-				proc = words[i];
-			nproc += opt_scope(words[i]) != S_RULE;
 			if (opt_parse(ps, words, n, &i, &svc) == -1)
 				return -1;
 			continue;
@@ -4269,10 +4294,10 @@ words_parse(struct parse *ps, char *const words[], int n, int allow_proc)
 		*ps->defaults = svc;
 		return 0;
 	}
-	if (!allow_proc && nproc > 0)
-		return parse_error(ps, "option '%s' applies to the whole "
+	if (!allow_proc && ps->proc_opt != NULL)
+		return parse_error(ps, "option '--%s' applies to the whole "
 		    "process: give it on a line of its own before the first "
-		    "rule", proc);
+		    "rule", ps->proc_opt);
 	if (ps->process_only)
 		return 1;
 	return rule_parse(ps, pos, npos, 0, &svc) == -1 ? -1 : 1;
@@ -4420,8 +4445,10 @@ tcpproxy_config_text(struct tcpproxy_config *cfg, const char *name,
 			}
 			break;
 		}
+		/* Past the newline first: writing the NUL may overwrite it. */
+		if (*end == '\n')
+			end++;
 		*out = '\0';
-		end += *end == '\n';
 		n = line_split(line, words, 256);
 		line = end;
 		if (n == 0)

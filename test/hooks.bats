@@ -31,7 +31,7 @@ start_example() {
 	echo "$output"
 	[ "$status" -eq 0 ]
 	[[ $output == *"ok - "* ]]
-	! [[ $output == *"not ok"* ]]
+	[[ $output != *"not ok"* ]]
 }
 
 @test "subst rewrites every FROM in what the server sends" {

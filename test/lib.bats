@@ -9,5 +9,5 @@ load helper
 	echo "$output"
 	[ "$status" -eq 0 ]
 	[[ $output == *"1.."* ]]
-	! [[ $output == *"not ok"* ]]
+	[[ $output != *"not ok"* ]]
 }
