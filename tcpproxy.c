@@ -375,6 +375,7 @@ struct listener {
 	struct service *svc;
 	struct addr a;
 	int kept;			/* reload: claimed by a new service */
+	int fresh;			/* bound by the last switch */
 };
 
 struct bridge {
@@ -3142,6 +3143,7 @@ listeners_plan(struct tcpproxy *p, struct service *head, size_t *n,
 			} else {
 				socklen_t len = sizeof(l->a.ss);
 
+				l->fresh = 1;
 				(void)getsockname(l->fd,
 				    (struct sockaddr *)&l->a.ss, &len);
 				l->a.len = len;
@@ -3360,16 +3362,18 @@ wake_open(struct tcpproxy *p)
 	return 0;
 }
 
-/* Logs the ready line of every listener. */
+/* Logs the ready line of every listener the last switch bound. */
 static void
-listeners_announce(struct tcpproxy *p, int only_new)
+listeners_announce(struct tcpproxy *p)
 {
 	size_t i;
 
 	for (i = 0; i < p->nlisten; i++)
-		if (!only_new || p->lis[i].kept)
+		if (p->lis[i].fresh) {
 			say(p, TCPPROXY_LOG_ERROR, "listening on %s%s",
 			    p->lis[i].a.name, p->lis[i].svc->tag);
+			p->lis[i].fresh = 0;
+		}
 }
 
 /* Checks the engine-wide settings of cfg; returns 0 or -1. */
@@ -3408,7 +3412,7 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	p->accepting = ACCEPT_ON;
 	if (engine_switch(p, cfg, err, errlen) == -1)
 		goto bad;
-	listeners_announce(p, 0);
+	listeners_announce(p);
 	return p;
 bad:
 	saved = errno;
@@ -3421,8 +3425,6 @@ int
 tcpproxy_reload(struct tcpproxy *p, const struct tcpproxy_config *cfg,
     char *err, size_t errlen)
 {
-	size_t i;
-
 	if (engine_check(cfg, err, errlen) == -1)
 		return -1;
 	if (p->stopping)
@@ -3433,12 +3435,9 @@ tcpproxy_reload(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 	p->cfg.busy_poll = cfg->busy_poll;
 	p->cfg.verbosity = cfg->verbosity;
 	/* The listeners bound by this reload say so, like at start. */
-	for (i = 0; i < p->nlisten; i++)
-		p->lis[i].kept = 1;
+	listeners_announce(p);
 	say(p, TCPPROXY_LOG_ERROR, "reloaded: %lu services, %lu listeners",
 	    p->nlive, (unsigned long)p->nlisten);
-	for (i = 0; i < p->nlisten; i++)
-		p->lis[i].kept = 0;
 	return 0;
 }
 
@@ -4192,6 +4191,37 @@ endpoint_parse(struct parse *ps, char *const words[], int n, int *i,
 }
 
 /*
+ * Parses rinetd's bracketed options of a rule, "[src=ADDR,timeout=SECS]":
+ * src binds the connections to backends to ADDR, timeout is the idle
+ * timeout.  Returns 0 or -1.
+ */
+static int
+bracket_parse(struct parse *ps, const char *w, struct tcpproxy_service *svc)
+{
+	size_t len = strlen(w);
+	char *opts, *opt, *next;
+
+	if (w[0] != '[' || len < 3 || w[len - 1] != ']')
+		return parse_error(ps, "extra argument '%s'", w);
+	if ((opts = parse_strndup(ps, w + 1, len - 2)) == NULL)
+		return parse_error(ps, "out of memory");
+	for (opt = opts; opt != NULL; opt = next) {
+		if ((next = strchr(opt, ',')) != NULL)
+			*next++ = '\0';
+		if (strncmp(opt, "src=", 4) == 0 && opt[4] != '\0')
+			svc->source = opt + 4;
+		else if (strncmp(opt, "timeout=", 8) == 0) {
+			if (parse_secs(ps, opt + 8, "timeout",
+			    &svc->idle_timeout) == -1)
+				return -1;
+		} else
+			return parse_error(ps, "unknown option '%s' in '%s'",
+			    opt, w);
+	}
+	return 0;
+}
+
+/*
  * Parses a rule, words[i..n): LOCAL, then one or more backends, then
  * rinetd's bracketed options ("[src=ADDR]").  svc holds the options
  * seen; the rule becomes the next service.  Returns 0 or -1.
@@ -4225,16 +4255,9 @@ rule_parse(struct parse *ps, char *const words[], int n, int i,
 		    == -1)
 			return -1;
 	}
-	for (; i < n; i++) {
-		const char *w = words[i];
-		size_t len = strlen(w);
-
-		if (strncmp(w, "[src=", 5) != 0 || w[len - 1] != ']' ||
-		    len < 7)
-			return parse_error(ps, "extra argument '%s'", w);
-		if ((svc->source = parse_strndup(ps, w + 5, len - 6)) == NULL)
-			return parse_error(ps, "out of memory");
-	}
+	for (; i < n; i++)
+		if (bracket_parse(ps, words[i], svc) == -1)
+			return -1;
 	if (svc->nbackends == 0)
 		return parse_error(ps, "missing arguments: need local_host "
 		    "local_port remote_host remote_port");
@@ -5100,8 +5123,8 @@ run_parse(struct run *r, struct tcpproxy_config *cfg, char *err)
 	return 0;
 }
 
-/* SIGHUP: re-reads everything and switches, or says why not. */
-static void
+/* SIGHUP: re-reads everything and switches, or says why not; 0 or -1. */
+static int
 run_reload(struct run *r)
 {
 	struct tcpproxy_config cfg;
@@ -5112,11 +5135,12 @@ run_reload(struct run *r)
 		fprintf(stderr, "tcpproxy: reload failed, the running "
 		    "configuration stays: %s\n", err);
 		tcpproxy_config_free(&cfg);
-		return;
+		return -1;
 	}
 	tcpproxy_config_free(&r->cfg);
 	r->cfg = cfg;
 	r->cli.cfg = &r->cfg;
+	return 0;
 }
 
 /* Writes the pid file via a temporary name and a rename; exits 1. */
@@ -5175,7 +5199,7 @@ run_loop(struct run *r, int worker)
 				fprintf(stderr, "tcpproxy: worker %d: SIGHUP "
 				    "is for the parent\n", worker);
 			else
-				run_reload(r);
+				(void)run_reload(r);
 		}
 		if (got_usr1) {
 			got_usr1 = 0;
@@ -5308,14 +5332,8 @@ run_workers(struct run *r, int n)
 			int first = npids == 0;
 
 			got_hup = 0;
-			if (!first) {
-				struct tcpproxy_config before = r->cfg;
-
-				run_reload(r);
-				if (memcmp(&before, &r->cfg, sizeof(before)) == 0)
-					goto wait;	/* it failed: keep them */
-				workers_signal(pids, npids, SIGUSR2);
-			}
+			if (!first && run_reload(r) == -1)
+				goto wait;	/* it failed: keep them */
 			if ((grown = realloc(pids, (size_t)(npids + n) *
 			    sizeof(*pids))) == NULL) {
 				fprintf(stderr, "tcpproxy: out of memory\n");
@@ -5324,6 +5342,8 @@ run_workers(struct run *r, int n)
 			} else {
 				pids = grown;
 				k = workers_fork(r, pids + npids, n, &old, &rc);
+				/* The new ones serve: the old ones may go. */
+				workers_signal(pids, npids, SIGUSR2);
 				npids += n;
 				alive += k;
 				if (k < n)
