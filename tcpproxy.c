@@ -5433,8 +5433,17 @@ main(int argc, char *argv[])
 
 	r.argc = argc - 1;
 	r.argv = argv + 1;
-	if (run_parse(&r, &r.cfg, err) == -1)
+	if (run_parse(&r, &r.cfg, err) == -1) {
+		const char *f = r.cfg.program.config_file;
+
+		/* A config file's error names its line: no usage after it. */
+		if (f != NULL && strncmp(err, f, strlen(f)) == 0 &&
+		    err[strlen(f)] == ':') {
+			fprintf(stderr, "tcpproxy: %s\n", err);
+			return 2;
+		}
 		usage_error("%s", err);
+	}
 	if (o->help) {
 		help();
 		return 0;
