@@ -22,17 +22,17 @@ all: tcpproxy
 tcpproxy: tcpproxy.c tcpproxy.h
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o tcpproxy tcpproxy.c $(LDLIBS)
 
-test/backend: test/backend.c
+test/backend: test/backend.c test/common.h
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o test/backend test/backend.c $(LDLIBS)
 
-test/client: test/client.c
+test/client: test/client.c test/common.h
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o test/client test/client.c $(LDLIBS)
 
-test/libtest: test/libtest.c tcpproxy.c tcpproxy.h
+test/libtest: test/libtest.c test/common.h tcpproxy.c tcpproxy.h
 	$(CC) $(CPPFLAGS) -DTCPPROXY_NO_MAIN -I. $(CFLAGS) $(LDFLAGS) \
 	    -o test/libtest test/libtest.c tcpproxy.c $(LDLIBS)
 
-test/hooktest: test/hooktest.c tcpproxy.c tcpproxy.h
+test/hooktest: test/hooktest.c test/common.h tcpproxy.c tcpproxy.h
 	$(CC) $(CPPFLAGS) -DTCPPROXY_NO_MAIN -I. $(CFLAGS) $(LDFLAGS) \
 	    -o test/hooktest test/hooktest.c tcpproxy.c $(LDLIBS)
 

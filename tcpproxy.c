@@ -4628,7 +4628,6 @@ tcpproxy_config_free(struct tcpproxy_config *cfg)
 
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
 
@@ -4666,7 +4665,7 @@ static const char usage_line[] =
 /* What the command line's hooks need; one per process. */
 struct cli {
 	FILE *hex;			/* --hexdump output, or NULL */
-	const char *dump_dir;		/* --dump-dir, or NULL */
+	const char *dump_dir;		/* --dump-dir (a copy), or NULL */
 	FILE *log;			/* rinetd's logfile, or NULL */
 	int log_common;			/* rinetd's logcommon */
 	const struct tcpproxy_config *cfg;	/* the running one */
@@ -5106,7 +5105,7 @@ struct run {
 	struct tcpproxy_hooks hooks;
 	struct cli cli;
 	struct tcpproxy *p;
-	const char *pid_file;		/* written by us, removed at exit */
+	char *pid_file;			/* written by us, removed at exit */
 };
 
 /*
@@ -5462,6 +5461,11 @@ main(int argc, char *argv[])
 		return n == 0 ? 0 : 2;
 	}
 	outputs_open(&r.cfg, cli);
+	/* A reload frees the config's strings; these are the process's. */
+	if ((cli->dump_dir != NULL && (cli->dump_dir = strdup(cli->dump_dir))
+	    == NULL) || (o->pid_file != NULL &&
+	    (r.pid_file = strdup(o->pid_file)) == NULL))
+		die("out of memory");
 	cli->cfg = &r.cfg;
 	r.hooks.user = cli;
 	r.hooks.on_accept = cli_accept;
@@ -5480,10 +5484,8 @@ main(int argc, char *argv[])
 		identity_lookup(o->user, &id);
 	if ((r.p = tcpproxy_create(&r.cfg, err, sizeof(err))) == NULL)
 		die("%s", err);
-	if (o->pid_file != NULL) {
-		pid_file_write(o->pid_file);
-		r.pid_file = o->pid_file;
-	}
+	if (r.pid_file != NULL)
+		pid_file_write(r.pid_file);
 	if (o->user != NULL)
 		identity_assume(&id, o->user);
 	else if (geteuid() == 0)
@@ -5499,6 +5501,8 @@ main(int argc, char *argv[])
 	tcpproxy_free(r.p);
 	pid_file_remove(r.pid_file);
 	tcpproxy_config_free(&r.cfg);
+	free(r.pid_file);
+	free((char *)cli->dump_dir);
 	return rc;
 }
 #endif /* TCPPROXY_FUZZ */

@@ -28,55 +28,21 @@
  *
  * Report lines go to stdout, one write() each, so that children sharing
  * the file do not interleave.  CKSUM is FNV-1a 64 in hex.  The pattern is
- * the xorshift32 stream of seed -s, shared with client.c.  The process
- * makes itself a process group leader so that a test can kill it and all
- * its children at once.  An alarm() ends everything after -a seconds.
+ * the xorshift32 stream of seed -s; both come from common.h, shared with
+ * client.c.  The process makes itself a process group leader so that a
+ * test can kill it and all its children at once.  An alarm() ends
+ * everything after -a seconds.
  */
-#include <sys/socket.h>
-#include <sys/types.h>
-#include <sys/wait.h>
+/* common.h brings the system headers. */
+#define PROG "backend"
+#define COMMON_WANT_SEND
+#define COMMON_WANT_STREAM
+#include "common.h"
 
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-
-#include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-#define BUFSZ		65536
 #define HOSTLEN		256	/* NI_MAXHOST is not POSIX */
-#define FNV_OFFSET	UINT64_C(0xcbf29ce484222325)
-#define FNV_PRIME	UINT64_C(0x100000001b3)
 
-struct pattern {
-	uint32_t state;
-};
-
-struct sum {
-	unsigned long long n;
-	uint64_t h;
-};
-
-static void die(const char *, ...);
-static void pattern_init(struct pattern *, unsigned long);
-static void pattern_fill(struct pattern *, unsigned char *, size_t);
-static void sum_init(struct sum *);
-static void sum_add(struct sum *, const unsigned char *, size_t);
-static void report(const char *, const struct sum *, const char *);
-static int send_all(int, const unsigned char *, size_t);
 static int send_pattern(int, unsigned long long, struct sum *);
 static int recv_all(int, size_t, long, struct sum *);
-static void pause_ms(long);
-static unsigned long long parse_size(const char *);
 static int listen_on(const char *, const char *, int, char *, size_t);
 static void blackhole(int, const char *);
 static void serve(int);
@@ -86,100 +52,6 @@ static const char *mode;
 static unsigned long long count;
 static unsigned long seed = 1;
 static long delay_ms = 10;
-
-/* Prints "backend: MSG" and exits 1; a format ending in ':' adds errno. */
-static void
-die(const char *fmt, ...)
-{
-	va_list ap;
-	int saved = errno;
-
-	fputs("backend: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	if (fmt[0] != '\0' && fmt[strlen(fmt) - 1] == ':')
-		fprintf(stderr, " %s", strerror(saved));
-	fputc('\n', stderr);
-	exit(1);
-}
-
-/* Starts the pattern of a seed; a zero state would stay zero forever. */
-static void
-pattern_init(struct pattern *p, unsigned long s)
-{
-	p->state = (uint32_t)(s * 2654435761UL) ^ UINT32_C(0x9e3779b9);
-	if (p->state == 0)
-		p->state = 1;
-}
-
-/* Writes the next len bytes of the pattern to buf. */
-static void
-pattern_fill(struct pattern *p, unsigned char *buf, size_t len)
-{
-	uint32_t x = p->state;
-	size_t i;
-
-	for (i = 0; i < len; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		buf[i] = (unsigned char)(x >> 24);
-	}
-	p->state = x;
-}
-
-static void
-sum_init(struct sum *s)
-{
-	s->n = 0;
-	s->h = FNV_OFFSET;
-}
-
-static void
-sum_add(struct sum *s, const unsigned char *buf, size_t len)
-{
-	uint64_t h = s->h;
-	size_t i;
-
-	for (i = 0; i < len; i++) {
-		h ^= buf[i];
-		h *= FNV_PRIME;
-	}
-	s->h = h;
-	s->n += len;
-}
-
-/* Prints "WHAT N CKSUM[ NOTE]" with one write() so lines never mix. */
-static void
-report(const char *what, const struct sum *s, const char *note)
-{
-	char line[128];
-	int n;
-
-	n = snprintf(line, sizeof(line), "%s %llu %016llx%s%s\n", what, s->n,
-	    (unsigned long long)s->h, note ? " " : "", note ? note : "");
-	if (n > 0 && (size_t)n < sizeof(line))
-		(void)!write(STDOUT_FILENO, line, (size_t)n);
-}
-
-/* Returns 0 once all of buf is written, -1 on error. */
-static int
-send_all(int fd, const unsigned char *buf, size_t len)
-{
-	ssize_t n;
-
-	while (len > 0) {
-		n = write(fd, buf, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		buf += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
 
 /* Sends total pattern bytes, summing what was written; 0 or -1. */
 static int
@@ -231,40 +103,6 @@ recv_all(int fd, size_t step, long pause, struct sum *s)
 	}
 }
 
-static void
-pause_ms(long ms)
-{
-	struct timespec ts;
-
-	ts.tv_sec = ms / 1000;
-	ts.tv_nsec = (ms % 1000) * 1000000L;
-	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-		;
-}
-
-/* Parses "N", "Nk" or "Nm" (binary units); dies on anything else. */
-static unsigned long long
-parse_size(const char *s)
-{
-	unsigned long long v;
-	char *end;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0 || end == s || s[0] == '-')
-		die("bad size '%s'", s);
-	if (*end == 'k' || *end == 'K') {
-		v *= 1024;
-		end++;
-	} else if (*end == 'm' || *end == 'M') {
-		v *= 1024 * 1024;
-		end++;
-	}
-	if (*end != '\0')
-		die("bad size '%s'", s);
-	return v;
-}
-
 /*
  * Binds host:port and listens with the given backlog.  Returns the
  * socket and writes "ADDR:PORT" to name.
@@ -273,18 +111,13 @@ static int
 listen_on(const char *host, const char *port, int backlog, char *name,
     size_t namelen)
 {
-	struct addrinfo hints, *res;
+	struct addrinfo *res;
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
 	char h[HOSTLEN], p[16];
 	int fd, on = 1, rc;
 
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV;
-	if ((rc = getaddrinfo(host, port, &hints, &res)) != 0)
-		die("%s: %s", host, gai_strerror(rc));
+	res = resolve(host, port, AI_PASSIVE | AI_NUMERICHOST);
 	fd = socket(res->ai_family, res->ai_socktype, res->ai_protocol);
 	if (fd == -1)
 		die("socket:");
@@ -327,7 +160,7 @@ blackhole(int lfd, const char *host)
 		fd = socket(ss.ss_family, SOCK_STREAM, 0);
 		if (fd == -1)
 			die("socket:");
-		(void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+		set_nonblock(fd);
 		done = connect(fd, (struct sockaddr *)&ss, sslen) == 0;
 		if (!done && errno != EINPROGRESS)
 			die("connect %s:", host);
@@ -437,11 +270,9 @@ main(int argc, char *argv[])
 		usage();
 
 	(void)setpgid(0, 0);
-	/* A peer that leaves early must not kill us; write() tells. */
-	signal(SIGPIPE, SIG_IGN);
 	/* Children are reaped by the kernel; we never wait for them. */
 	signal(SIGCHLD, SIG_IGN);
-	alarm(guard);
+	start_guard(guard);
 
 	lfd = listen_on(host, port, strcmp(mode, "blackhole") == 0 ? 0 :
 	    strcmp(mode, "closed") == 0 ? -1 : 512, name, sizeof(name));

@@ -24,38 +24,13 @@
  *
  * Exit status: 0 fine, 1 connect or I/O error, 3 wrong bytes, 124 when
  * the alarm() guard (-a secs) fires.  CKSUM and the pattern are those of
- * backend.c.
+ * backend.c, from common.h.
  */
-#include <sys/socket.h>
-#include <sys/types.h>
-
-#include <netinet/in.h>
-
-#include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-#define BUFSZ		65536
-#define FNV_OFFSET	UINT64_C(0xcbf29ce484222325)
-#define FNV_PRIME	UINT64_C(0x100000001b3)
-
-struct pattern {
-	uint32_t state;
-};
-
-struct sum {
-	unsigned long long n;
-	uint64_t h;
-};
+/* common.h brings the system headers. */
+#define PROG "client"
+#define COMMON_WANT_CLOCK
+#define COMMON_WANT_STREAM
+#include "common.h"
 
 /* One connection of the parallel echo check. */
 struct conn {
@@ -66,17 +41,8 @@ struct conn {
 	size_t off, len;
 };
 
-static void die(const char *, ...);
 static void on_alarm(int);
-static void pattern_init(struct pattern *, unsigned long);
-static void pattern_fill(struct pattern *, unsigned char *, size_t);
-static void sum_init(struct sum *);
-static void sum_add(struct sum *, const unsigned char *, size_t);
-static void report(const char *, const struct sum *, const char *);
-static unsigned long long parse_size(const char *);
-static long now_ms(void);
 static int dial(const char *, const char *);
-static void set_nonblock(int);
 static void end_conn(int);
 static int run_one(const char *, const char *);
 static int run_many(const char *, const char *, int);
@@ -91,135 +57,25 @@ static int use_keep;
 static long opt_wait;
 static long opt_pace;
 
-/* Prints "client: MSG" and exits 1; a format ending in ':' adds errno. */
-static void
-die(const char *fmt, ...)
-{
-	va_list ap;
-	int saved = errno;
-
-	fputs("client: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	if (fmt[0] != '\0' && fmt[strlen(fmt) - 1] == ':')
-		fprintf(stderr, " %s", strerror(saved));
-	fputc('\n', stderr);
-	exit(1);
-}
-
 /* A hung test must end with a status of its own, not hang the suite. */
 static void
 on_alarm(int sig)
 {
-	static const char msg[] = "client: timed out\n";
+	static const char msg[] = PROG ": timed out\n";
 
 	(void)sig;
 	(void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
 	_exit(124);
 }
 
-/* Starts the pattern of a seed; a zero state would stay zero forever. */
-static void
-pattern_init(struct pattern *p, unsigned long s)
-{
-	p->state = (uint32_t)(s * 2654435761UL) ^ UINT32_C(0x9e3779b9);
-	if (p->state == 0)
-		p->state = 1;
-}
-
-/* Writes the next len bytes of the pattern to buf. */
-static void
-pattern_fill(struct pattern *p, unsigned char *buf, size_t len)
-{
-	uint32_t x = p->state;
-	size_t i;
-
-	for (i = 0; i < len; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		buf[i] = (unsigned char)(x >> 24);
-	}
-	p->state = x;
-}
-
-static void
-sum_init(struct sum *s)
-{
-	s->n = 0;
-	s->h = FNV_OFFSET;
-}
-
-static void
-sum_add(struct sum *s, const unsigned char *buf, size_t len)
-{
-	uint64_t h = s->h;
-	size_t i;
-
-	for (i = 0; i < len; i++) {
-		h ^= buf[i];
-		h *= FNV_PRIME;
-	}
-	s->h = h;
-	s->n += len;
-}
-
-/* Prints "WHAT N CKSUM[ NOTE]" on stdout. */
-static void
-report(const char *what, const struct sum *s, const char *note)
-{
-	printf("%s %llu %016llx%s%s\n", what, s->n, (unsigned long long)s->h,
-	    note ? " " : "", note ? note : "");
-	fflush(stdout);
-}
-
-/* Parses "N", "Nk" or "Nm" (binary units); dies on anything else. */
-static unsigned long long
-parse_size(const char *s)
-{
-	unsigned long long v;
-	char *end;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0 || end == s || s[0] == '-')
-		die("bad size '%s'", s);
-	if (*end == 'k' || *end == 'K') {
-		v *= 1024;
-		end++;
-	} else if (*end == 'm' || *end == 'M') {
-		v *= 1024 * 1024;
-		end++;
-	}
-	if (*end != '\0')
-		die("bad size '%s'", s);
-	return v;
-}
-
-/* Returns a monotonic time in milliseconds. */
-static long
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Returns a connected blocking socket, or dies saying why. */
 static int
 dial(const char *host, const char *port)
 {
-	struct addrinfo hints, *res, *ai;
+	struct addrinfo *res, *ai;
 	int fd = -1, rc, saved = 0;
 
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV;
-	if ((rc = getaddrinfo(host, port, &hints, &res)) != 0)
-		die("%s: %s", host, gai_strerror(rc));
+	res = resolve(host, port, 0);
 	for (ai = res; ai != NULL; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
 		if (fd == -1) {
@@ -241,15 +97,6 @@ dial(const char *host, const char *port)
 		die("connect %s %s:", host, port);
 	}
 	return fd;
-}
-
-static void
-set_nonblock(int fd)
-{
-	int fl = fcntl(fd, F_GETFL);
-
-	if (fl == -1 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1)
-		die("fcntl:");
 }
 
 /* Closes fd, as a reset when -R asks for one. */
@@ -432,14 +279,8 @@ run_many(const char *host, const char *port, int k)
 		pattern_init(&c[i].tx, seed + (unsigned long)i);
 		pattern_init(&c[i].rx, seed + (unsigned long)i);
 	}
-	if (opt_wait > 0) {
-		struct timespec ts;
-
-		ts.tv_sec = opt_wait / 1000;
-		ts.tv_nsec = opt_wait % 1000 * 1000000;
-		while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-			;
-	}
+	if (opt_wait > 0)
+		pause_ms(opt_wait);
 	while (open_conns > 0) {
 		for (i = 0; i < k; i++) {
 			pfd[i].fd = c[i].fd;
@@ -570,10 +411,8 @@ main(int argc, char *argv[])
 	}
 	if (argc - optind != 2)
 		usage();
-	/* A peer that leaves early must not kill us; write() tells. */
-	signal(SIGPIPE, SIG_IGN);
 	signal(SIGALRM, on_alarm);
-	alarm(guard);
+	start_guard(guard);
 	if (k > 0) {
 		if (!use_gen || gen == 0)
 			usage();

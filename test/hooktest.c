@@ -13,38 +13,16 @@
  * Prints one "ok - ..." or "not ok - ..." line per check and a TAP plan;
  * exits 0 only if every check passed.  An alarm() guard ends a hung run.
  */
-#include <sys/socket.h>
-#include <sys/types.h>
-
-#include <netinet/in.h>
-#include <arpa/inet.h>
-
-#include <ctype.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-#include "tcpproxy.h"
+/* common.h brings the system headers and tcpproxy.h. */
+#define PROG "hooktest"
+#define COMMON_WANT_HARNESS
+#define COMMON_WANT_SEND
+#include "common.h"
 
 #define NPEER		4
 #define CHECK(cond, what)	check((cond) != 0, (what), __LINE__)
 /* Steps the proxy and reads every peer until cond holds, or fails. */
-#define UNTIL(c, cond) do {						\
-	long until_ = now_ms() + 10000;					\
-	while (!(cond)) {						\
-		if (now_ms() > until_) {				\
-			check(0, "in time: " #cond, __LINE__);		\
-			break;						\
-		}							\
-		pump(c);						\
-	}								\
-} while (0)
+#define UNTIL(c, cond)	WAIT_UNTIL(10000, pump(c), cond, #cond)
 
 /* What on_data does with a chunk. */
 enum mode {
@@ -90,15 +68,9 @@ struct ctx {
 	struct tcpproxy_hooks hooks;	/* must outlive the proxy */
 };
 
-static void check(int, const char *, int);
-static long now_ms(void);
 static void peer_init(struct peer *);
 static void peer_read(struct peer *, int);
 static void pump(struct ctx *);
-static int dial(int);
-static int backend_listen(int *);
-static int closed_port(int *);
-static void send_all(int, const char *, size_t);
 static void on_log(void *, int, const char *);
 static enum tcpproxy_verdict on_accept(void *,
     const struct tcpproxy_bridge_info *, void **);
@@ -113,28 +85,6 @@ static int open_bridge(struct ctx *, int);
 static const struct tcpproxy_hooks hooks = {
 	NULL, on_accept, on_data, on_close
 };
-static int checks, failures;
-
-/* Prints one result line and counts a failure. */
-static void
-check(int ok, const char *what, int line)
-{
-	checks++;
-	if (!ok)
-		failures++;
-	printf("%sok - %s (line %d)\n", ok ? "" : "not ", what, line);
-	fflush(stdout);
-}
-
-/* Returns a monotonic time in milliseconds. */
-static long
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void
 peer_init(struct peer *pe)
@@ -191,105 +141,13 @@ pump(struct ctx *c)
 
 	(void)tcpproxy_step(c->p, 10);
 	while (c->lfd != -1 && c->nsrv < NPEER &&
-	    (fd = accept(c->lfd, NULL, NULL)) != -1) {
-		(void)fcntl(fd, F_SETFL, O_NONBLOCK);
+	    (fd = accept_nonblock(c->lfd)) != -1)
 		c->srv[c->nsrv++].fd = fd;
-	}
 	for (i = 0; i < NPEER; i++) {
 		peer_read(&c->cli[i], 0);
 		/* In M_CLOSE the server reads only once the hook closed. */
 		if (c->mode != M_CLOSE || c->hook_closed)
 			peer_read(&c->srv[i], c->mode == M_CLOSE);
-	}
-}
-
-/* Returns a nonblocking socket connected to 127.0.0.1:port, or -1. */
-static int
-dial(int port)
-{
-	struct sockaddr_in sin;
-	int fd;
-
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_port = htons((unsigned short)port);
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if ((fd = socket(AF_INET, SOCK_STREAM, 0)) == -1)
-		return -1;
-	/* The kernel completes the handshake before the proxy accepts. */
-	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == -1) {
-		close(fd);
-		return -1;
-	}
-	(void)fcntl(fd, F_SETFL, O_NONBLOCK);
-	return fd;
-}
-
-/* Returns a nonblocking listener on 127.0.0.1 port 0; sets *port. */
-static int
-backend_listen(int *port)
-{
-	struct sockaddr_in sin;
-	socklen_t len = sizeof(sin);
-	int fd;
-
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if ((fd = socket(AF_INET, SOCK_STREAM, 0)) == -1)
-		return -1;
-	if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == -1 ||
-	    listen(fd, 16) == -1 ||
-	    getsockname(fd, (struct sockaddr *)&sin, &len) == -1) {
-		close(fd);
-		return -1;
-	}
-	(void)fcntl(fd, F_SETFL, O_NONBLOCK);
-	*port = ntohs(sin.sin_port);
-	return fd;
-}
-
-/*
- * Returns a port bound to *fd but not listening: connects to it are
- * refused, and the proxy's own port 0 cannot turn out to be that port
- * (it would then connect to itself) while *fd holds it.
- */
-static int
-closed_port(int *fd)
-{
-	struct sockaddr_in sin;
-	socklen_t len = sizeof(sin);
-
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if ((*fd = socket(AF_INET, SOCK_STREAM, 0)) == -1)
-		return 0;
-	if (bind(*fd, (struct sockaddr *)&sin, sizeof(sin)) == -1 ||
-	    getsockname(*fd, (struct sockaddr *)&sin, &len) == -1)
-		return 0;
-	return ntohs(sin.sin_port);
-}
-
-/* Writes all of s to a nonblocking socket the test holds. */
-static void
-send_all(int fd, const char *s, size_t n)
-{
-	struct pollfd pfd;
-	ssize_t k;
-
-	while (n > 0) {
-		k = write(fd, s, n);
-		if (k < 0 && (errno == EAGAIN || errno == EINTR)) {
-			pfd.fd = fd;
-			pfd.events = POLLOUT;
-			(void)poll(&pfd, 1, 100);
-			continue;
-		}
-		if (k <= 0)
-			return;
-		s += k;
-		n -= (size_t)k;
 	}
 }
 
@@ -334,17 +192,12 @@ on_data(void *user, void *bridge_data, const struct tcpproxy_bridge_info *info,
 	case M_PASS:
 		break;
 	case M_EDIT:
-		for (i = 0; i < *len; i++)
-			data[i] = (char)toupper((unsigned char)data[i]);
+		edit_upper(data, *len);
 		break;
 	case M_GROW:
 		if (2 * *len > cap)
 			return TCPPROXY_CLOSE;
-		for (i = *len; i-- > 0; ) {
-			data[2 * i] = data[i];
-			data[2 * i + 1] = data[i];
-		}
-		*len *= 2;
+		edit_double(data, len);
 		break;
 	case M_SHORTEN:
 		for (i = j = 0; i < *len; i++)
@@ -393,7 +246,7 @@ static void
 ctx_start(struct ctx *c, enum mode mode, int port, double idle)
 {
 	struct tcpproxy_config cfg;
-	char err[256], pbuf[16];
+	char err[256] = "", pbuf[16];
 	int i, bport = 0;
 
 	memset(c, 0, sizeof(*c));
@@ -402,28 +255,21 @@ ctx_start(struct ctx *c, enum mode mode, int port, double idle)
 		peer_init(&c->srv[i]);
 	}
 	c->mode = mode;
-	c->lfd = backend_listen(&bport);
+	c->lfd = loopback_listen(16, &bport);
 	if (port != -1)
 		bport = port;
-	snprintf(pbuf, sizeof(pbuf), "%d", bport);
 	/* The hooks' user pointer is this test's context. */
 	c->hooks = hooks;
 	c->hooks.user = c;
-	tcpproxy_config_init(&cfg);
-	cfg.local_host = "127.0.0.1";
-	cfg.local_port = "0";
-	cfg.remote_host = "127.0.0.1";
-	cfg.remote_port = pbuf;
+	loopback_config(&cfg, pbuf, sizeof(pbuf), bport);
 	cfg.idle_timeout = idle;
 	cfg.connect_timeout = 5;
 	cfg.log = on_log;
 	cfg.log_user = c;
 	cfg.hooks = &c->hooks;
 	c->p = tcpproxy_create(&cfg, err, sizeof(err));
-	if (c->p == NULL || c->lfd == -1) {
-		fprintf(stderr, "hooktest: cannot start: %s\n", err);
-		exit(1);
-	}
+	if (c->p == NULL || c->lfd == -1)
+		die("cannot start: %s", err);
 }
 
 /* Frees the proxy (on_close runs for what is left) and every socket. */
@@ -454,7 +300,7 @@ open_bridge(struct ctx *c, int i)
 {
 	int want = c->nsrv + 1;
 
-	c->cli[i].fd = dial(tcpproxy_bound_port(c->p));
+	c->cli[i].fd = loopback_dial(tcpproxy_bound_port(c->p));
 	if (c->cli[i].fd == -1)
 		return -1;
 	UNTIL(c, c->nsrv >= want);
@@ -520,7 +366,7 @@ test_refuse(void)
 
 	ctx_start(&c, M_PASS, -1, 0);
 	c.refuse = 1;
-	c.cli[0].fd = dial(tcpproxy_bound_port(c.p));
+	c.cli[0].fd = loopback_dial(tcpproxy_bound_port(c.p));
 	send_all(c.cli[0].fd, "hi", 2);
 	UNTIL(&c, c.cli[0].eof);
 	CHECK(c.cli[0].eof && c.cli[0].got == 0,
@@ -673,10 +519,16 @@ static void
 test_connect_refused(void)
 {
 	struct ctx c;
-	int i, held;
+	int i, held, port = 0;
 
-	ctx_start(&c, M_PASS, closed_port(&held), 0);
-	c.cli[0].fd = dial(tcpproxy_bound_port(c.p));
+	/*
+	 * A port held but not listening: connects to it are refused, and
+	 * the proxy's own port 0 cannot turn out to be that port (it would
+	 * then connect to itself).
+	 */
+	held = loopback_listen(-1, &port);
+	ctx_start(&c, M_PASS, port, 0);
+	c.cli[0].fd = loopback_dial(tcpproxy_bound_port(c.p));
 	UNTIL(&c, c.closes == 1 && c.cli[0].eof);
 	for (i = 0; i < 10; i++)
 		pump(&c);
@@ -776,9 +628,7 @@ test_free(void)
 int
 main(void)
 {
-	/* A peer that leaves early must not kill us; write() tells. */
-	signal(SIGPIPE, SIG_IGN);
-	alarm(300);
+	start_guard(300);
 	transform(M_PASS, "pass", "hello", "hello", "world", "world");
 	transform(M_EDIT, "edit in place", "hello", "HELLO", "world",
 	    "WORLD");
@@ -792,8 +642,5 @@ main(void)
 	test_client_reset();
 	test_idle();
 	test_free();
-	printf("1..%d\n", checks);
-	if (failures > 0)
-		printf("# %d of %d checks failed\n", failures, checks);
-	return failures > 0;
+	return check_done();
 }

@@ -12,36 +12,16 @@
  * timing.  Prints TAP; exits 0 only if every check passed.  An alarm()
  * guard ends a hung run.
  */
-#include <sys/socket.h>
-#include <sys/types.h>
-
-#include <netinet/in.h>
-#include <arpa/inet.h>
-
-#include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-#include "tcpproxy.h"
+/* common.h brings the system headers and tcpproxy.h. */
+#define PROG "libtest"
+#define CHECK_NUMBERED	1
+#define COMMON_WANT_HARNESS
+#include "common.h"
 
 #define CHECK(cond)	check((cond) != 0, #cond, __LINE__)
 /* Steps the proxy and reads both peers until cond holds, or fails. */
-#define UNTIL(p, c, cond) do {						\
-	long until_ = now_ms() + 5000;					\
-	while (!(cond)) {						\
-		if (now_ms() > until_) {				\
-			check(0, "in time: " #cond, __LINE__);		\
-			break;						\
-		}							\
-		pump((p), (c));						\
-	}								\
-} while (0)
+#define UNTIL(p, c, cond) \
+	WAIT_UNTIL(5000, pump((p), (c)), cond, #cond)
 
 /* One end of a TCP connection the test holds. */
 struct peer {
@@ -71,14 +51,10 @@ struct ctx {
 	char ready[128];		/* the first "listening on" line */
 };
 
-static void check(int, const char *, int);
-static long now_ms(void);
 static void peer_reset(struct peer *);
 static void peer_close(struct peer *);
 static void peer_read(struct peer *);
 static void pump(struct tcpproxy *, struct ctx *);
-static int dial(int);
-static int backend_listen(int *);
 static void send_str(int, const char *);
 static void on_log(void *, int, const char *);
 static enum tcpproxy_verdict on_accept(void *,
@@ -90,30 +66,6 @@ static void on_close(void *, void *, const struct tcpproxy_bridge_info *);
 static struct tcpproxy *proxy_new(struct ctx *, const struct tcpproxy_hooks *,
     int);
 static void open_bridge(struct tcpproxy *, struct ctx *, int);
-
-static int checks, failures;
-
-/* Prints one TAP line and counts a failure. */
-static void
-check(int ok, const char *what, int line)
-{
-	checks++;
-	if (!ok)
-		failures++;
-	printf("%sok %d - %s (line %d)\n", ok ? "" : "not ", checks, what,
-	    line);
-	fflush(stdout);
-}
-
-/* Returns a monotonic time in milliseconds. */
-static long
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void
 peer_reset(struct peer *pe)
@@ -155,61 +107,13 @@ pump(struct tcpproxy *p, struct ctx *c)
 	int fd;
 
 	c->step_rc = tcpproxy_step(p, 10);
-	if (c->srv.fd == -1 && c->lfd != -1) {
-		fd = accept(c->lfd, NULL, NULL);
-		if (fd != -1) {
-			(void)fcntl(fd, F_SETFL, O_NONBLOCK);
-			peer_reset(&c->srv);
-			c->srv.fd = fd;
-		}
+	if (c->srv.fd == -1 && c->lfd != -1 &&
+	    (fd = accept_nonblock(c->lfd)) != -1) {
+		peer_reset(&c->srv);
+		c->srv.fd = fd;
 	}
 	peer_read(&c->cli);
 	peer_read(&c->srv);
-}
-
-/* Returns a nonblocking socket connected to 127.0.0.1:port, or -1. */
-static int
-dial(int port)
-{
-	struct sockaddr_in sin;
-	int fd;
-
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_port = htons((unsigned short)port);
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if ((fd = socket(AF_INET, SOCK_STREAM, 0)) == -1)
-		return -1;
-	/* The kernel completes the handshake before the proxy accepts. */
-	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == -1) {
-		close(fd);
-		return -1;
-	}
-	(void)fcntl(fd, F_SETFL, O_NONBLOCK);
-	return fd;
-}
-
-/* Returns a nonblocking listener on 127.0.0.1 port 0; sets *port. */
-static int
-backend_listen(int *port)
-{
-	struct sockaddr_in sin;
-	socklen_t len = sizeof(sin);
-	int fd;
-
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if ((fd = socket(AF_INET, SOCK_STREAM, 0)) == -1 ||
-	    bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == -1 ||
-	    listen(fd, 16) == -1 ||
-	    getsockname(fd, (struct sockaddr *)&sin, &len) == -1) {
-		perror("libtest: backend");
-		exit(1);
-	}
-	(void)fcntl(fd, F_SETFL, O_NONBLOCK);
-	*port = ntohs(sin.sin_port);
-	return fd;
 }
 
 /* Writes a short string; loopback buffers take it in one go. */
@@ -260,7 +164,6 @@ on_data(void *user, void *bridge_data, const struct tcpproxy_bridge_info *info,
 {
 	struct ctx *c = user;
 	struct slot *s = bridge_data;
-	size_t i;
 
 	c->data_calls++;
 	if (s == NULL || s->id != info->id)
@@ -272,19 +175,12 @@ on_data(void *user, void *bridge_data, const struct tcpproxy_bridge_info *info,
 	if (dir == TCPPROXY_UPSTREAM) {
 		if (*len >= 4 && memcmp(data, "quit", 4) == 0)
 			return TCPPROXY_CLOSE;
-		for (i = *len; i-- > 0;) {
-			data[2 * i] = data[i];
-			data[2 * i + 1] = data[i];
-		}
-		*len *= 2;
+		edit_double(data, len);
 		return TCPPROXY_PASS;
 	}
 	if (*len >= 4 && memcmp(data, "drop", 4) == 0)
 		return TCPPROXY_DROP;
-	for (i = 0; i < *len; i++) {
-		if (data[i] >= 'a' && data[i] <= 'z')
-			data[i] = (char)(data[i] - 'a' + 'A');
-	}
+	edit_upper(data, *len);
 	return TCPPROXY_PASS;
 }
 
@@ -311,12 +207,7 @@ proxy_new(struct ctx *c, const struct tcpproxy_hooks *hooks, int bport)
 	struct tcpproxy *p;
 	char port[16], err[256] = "";
 
-	snprintf(port, sizeof(port), "%d", bport);
-	tcpproxy_config_init(&cfg);
-	cfg.local_host = "127.0.0.1";
-	cfg.local_port = "0";
-	cfg.remote_host = "127.0.0.1";
-	cfg.remote_port = port;
+	loopback_config(&cfg, port, sizeof(port), bport);
 	cfg.grace = 0.3;
 	cfg.log = on_log;
 	cfg.log_user = c;
@@ -337,7 +228,7 @@ open_bridge(struct tcpproxy *p, struct ctx *c, int port)
 {
 	peer_reset(&c->cli);
 	peer_reset(&c->srv);
-	c->cli.fd = dial(port);
+	c->cli.fd = loopback_dial(port);
 	CHECK(c->cli.fd != -1);
 	UNTIL(p, c, c->srv.fd != -1);
 }
@@ -360,9 +251,7 @@ main(void)
 	char want[64], err[256];
 	int bport, port, i, n, closed_once, names_ok;
 
-	alarm(60);
-	/* Our own writes may hit a closed socket; write() tells us. */
-	signal(SIGPIPE, SIG_IGN);
+	start_guard(60);
 	memset(&c, 0, sizeof(c));
 	peer_reset(&c.cli);
 	peer_reset(&c.srv);
@@ -371,7 +260,8 @@ main(void)
 	hooks.on_accept = on_accept;
 	hooks.on_data = on_data;
 	hooks.on_close = on_close;
-	c.lfd = backend_listen(&bport);
+	if ((c.lfd = loopback_listen(16, &bport)) == -1)
+		die("backend:");
 
 	/* Port "0" gives a real port, announced in the ready line. */
 	p = proxy_new(&c, &hooks, bport);
@@ -383,7 +273,7 @@ main(void)
 
 	/* on_accept refusing: the client is closed, the server never dialled. */
 	c.refuse_next = 1;
-	c.cli.fd = dial(port);
+	c.cli.fd = loopback_dial(port);
 	CHECK(c.cli.fd != -1);
 	UNTIL(p, &c, c.cli.eof);
 	CHECK(c.refused == 1 && c.accepts == 1);
@@ -467,7 +357,7 @@ main(void)
 	UNTIL(p, &c, c.cli.eof && c.srv.eof);
 	CHECK(tcpproxy_step(p, 0) == 0);
 	CHECK(tcpproxy_bridges(p) == 0);
-	i = dial(port);
+	i = loopback_dial(port);
 	CHECK(i == -1);
 	if (i != -1)
 		close(i);
@@ -524,8 +414,5 @@ main(void)
 	CHECK(err[0] != '\0');
 
 	close(c.lfd);
-	printf("1..%d\n", checks);
-	if (failures > 0)
-		printf("# %d of %d checks failed\n", failures, checks);
-	return failures > 0;
+	return check_done();
 }

@@ -288,7 +288,8 @@ trickle_whole() {
 	local busy quiet lazy before after
 	need_proc
 	start_backend echo
-	proxy_to_backend --busy-poll 50000
+	# -H: the echo of the last byte must not race the client's EOF.
+	proxy_to_backend -H --busy-poll 50000
 	busy=$(trickle_ticks)
 	trickle_whole
 	wait_for 10 has_line "$PROXY_LOG" " close id=1 "
@@ -298,7 +299,7 @@ trickle_whole() {
 	after=$(cpu_ticks "$PROXY_PID")
 	quiet=$((after - before))
 	# The same traffic through a proxy without it.
-	proxy_to_backend
+	proxy_to_backend -H
 	lazy=$(trickle_ticks)
 	trickle_whole
 	echo "cpu ticks: busy-poll $busy, then idle $quiet, without $lazy"
@@ -311,7 +312,7 @@ trickle_whole() {
 	local ticks
 	need_proc
 	start_backend echo
-	proxy_to_backend --busy-poll 50000
+	proxy_to_backend -H --busy-poll 50000
 	spawn single idle "$CLIENT" -a 900 -n 10 -W 600000 -g 1 127.0.0.1 \
 	    "$PROXY_PORT"
 	wait_for 10 eval '[ "$(grep -c " open id=" "$PROXY_LOG")" -eq 10 ]'
