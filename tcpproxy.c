@@ -567,7 +567,9 @@ failed(char *err, size_t errlen, int errnum, const char *fmt, ...)
 	err_vformat(err, errlen, fmt, ap);
 	va_end(ap);
 	errno = errnum;
-	return -1;
+	/* The analyzer loses track of cfg->owned across the parse calls that
+	 * end here; tcpproxy_config_free() releases it. */
+	return -1;	/* analyzer-ok(-Wanalyzer-malloc-leak) */
 }
 
 /* ---- sockets ---- */
@@ -1362,6 +1364,8 @@ plan_start(const struct tcpproxy *p, struct service *svc,
 {
 	size_t n = svc->nbackends, k, i, best = n;
 
+	if (n == 0)
+		return 0;	/* cannot be: spec_check wants one */
 	switch (svc->balance) {
 	case TCPPROXY_BALANCE_FIRST:
 		return 0;
@@ -1598,8 +1602,8 @@ source_get(struct state *st, const unsigned char key[KEY_LEN])
 	struct source *s;
 
 	if (st->sources == NULL &&
-	    (st->sources = calloc(SOURCE_BUCKETS, sizeof(*st->sources))) ==
-	    NULL)
+	    (st->sources = calloc(SOURCE_BUCKETS, sizeof(struct source *)))
+	    == NULL)
 		return NULL;
 	for (s = st->sources[h]; s != NULL; s = s->next)
 		if (memcmp(s->key, key, KEY_LEN) == 0)
@@ -1831,6 +1835,14 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 		say(p, TCPPROXY_LOG_INFO, "refuse id=%lu client=%s reason=%s%s",
 		    b->id, b->client, why, svc->tag);
 		svc->st->refused++;
+		if (p->cfg.hooks != NULL && p->cfg.hooks->on_refuse != NULL) {
+			struct tcpproxy_bridge_info info;
+
+			bridge_info(p, b, &info);
+			info.client = sa;
+			info.client_len = salen;
+			p->cfg.hooks->on_refuse(p->cfg.hooks->user, &info, why);
+		}
 		if (b->src != NULL)
 			source_put(svc->st, b->src);
 		fd_close(cfd);
@@ -2153,25 +2165,29 @@ wake_read(struct tcpproxy *p)
 	}
 }
 
-/* Closes the bridges of svc whose timers ran out. */
+/*
+ * Closes the bridges of svc whose timers ran out.  Closing the last
+ * bridge of a retired service frees it, so it holds a reference of its
+ * own meanwhile.
+ */
 static void
 service_expire(struct tcpproxy *p, struct service *svc)
 {
 	struct timer_list *l;
 	struct bridge *b;
 
+	svc->refs++;
 	l = &svc->timers[TIMER_CONNECT];
 	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
 		server_retry(p, b, ETIMEDOUT);
 		(void)bridge_settle(p, b);
-		if (l->head == b)
-			break;	/* cannot happen; never loop on it */
 	}
 	l = &svc->timers[TIMER_IDLE];
 	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
 		bridge_end(b, TCPPROXY_REASON_IDLE_TIMEOUT, 0);
 		bridge_close(p, b);
 	}
+	service_put(p, svc);
 }
 
 /* Closes the bridges whose timers ran out, and lifts --rate pauses. */
@@ -2543,8 +2559,10 @@ port_ok(const char *s, int zero_ok)
 	}
 	if (i == 0 || i > 32)
 		return 0;
-	if (alpha > 0)
-		return s[0] != '-';
+	if (alpha > 0)	/* a name starts with a letter */
+		return (s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z');
+	if (strchr(s, '-') != NULL)
+		return 0;
 	return i <= 5 && strtol(s, NULL, 10) <= 65535 &&
 	    (zero_ok || strtol(s, NULL, 10) > 0);
 }
@@ -2579,6 +2597,7 @@ addrs_resolve(const char *host, const char *port, int passive, size_t *n,
 	struct addr *a;
 	size_t count;
 
+	*n = 0;
 	if (resolve(host, port, passive, &res, &count, err, errlen) == -1)
 		return NULL;
 	if ((a = calloc(count, sizeof(*a))) == NULL) {
@@ -2755,7 +2774,7 @@ spec_where(const struct tcpproxy_service *spec, char *buf, size_t size)
 static int
 spec_check(const struct tcpproxy_service *spec, char *err, size_t errlen)
 {
-	char w[128];
+	char w[1024];
 	size_t i;
 
 	spec_where(spec, w, sizeof(w));
@@ -2789,7 +2808,7 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
     char *err, size_t errlen)
 {
 	struct service *svc;
-	char w[128], name[256], msg[256];
+	char w[1024], name[256], msg[256];
 	size_t i, n;
 	int bad = 0;
 
@@ -2798,8 +2817,9 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 	spec_where(spec, w, sizeof(w));
 	if ((svc = calloc(1, sizeof(*svc))) == NULL ||
 	    (svc->st = calloc(1, sizeof(*svc->st))) == NULL ||
-	    (svc->backends = calloc(spec->nbackends,
-	    sizeof(*svc->backends))) == NULL ||
+	    /* One more than needed: never calloc(0), whatever spec says. */
+	    (svc->backends = calloc(spec->nbackends + 1,
+	    sizeof(struct backend *))) == NULL ||
 	    (svc->spare = calloc(TCPPROXY_SPARE_BUFFERS,
 	    sizeof(*svc->spare))) == NULL)
 		goto nomem;
@@ -2900,6 +2920,48 @@ nomem:
 	return fail(err, errlen, ENOMEM, "%sout of memory", w);
 }
 
+/*
+ * Checks that svc, the last of the list at head, has a name of its own.
+ * A name given by default ("LOCAL_HOST:LOCAL_PORT", which two rules on
+ * port 0 share) is made unique with "#2", "#3"...  Returns 0, or -1 for a
+ * name given twice on purpose.
+ */
+static int
+service_name_unique(const struct service *head, struct service *svc,
+    int by_default)
+{
+	const struct service *o;
+	unsigned long k;
+	char name[300];
+
+	for (k = 1; k < 1000000; k++) {
+		if (k > 1)
+			snprintf(name, sizeof(name), "%s#%lu", svc->st->name, k);
+		for (o = head; o != svc; o = o->next)
+			if (strcmp(o->name, k > 1 ? name : svc->name) == 0)
+				break;
+		if (o == svc)
+			break;
+		if (!by_default)
+			return -1;
+	}
+	if (k > 1) {
+		int bad = 0;
+		char *n1 = dup_str(name, &bad), *n2 = dup_str(name, &bad);
+
+		if (bad) {
+			free(n1);
+			free(n2);
+			return -1;
+		}
+		free(svc->name);
+		free(svc->st->name);
+		svc->name = n1;
+		svc->st->name = n2;
+	}
+	return 0;
+}
+
 /* Fills the service of the simple case from the config's own fields. */
 static void
 service_from_config(struct tcpproxy_service *svc,
@@ -2932,7 +2994,7 @@ services_build(const struct tcpproxy *p, const struct tcpproxy_config *cfg,
 {
 	struct tcpproxy_service simple;
 	struct tcpproxy_backend simple_be;
-	struct service *head = NULL, **tail = &head, *svc, *o;
+	struct service *head = NULL, **tail = &head, *svc;
 	size_t i, n = cfg->nservices;
 	int with_simple = cfg->local_port != NULL;
 
@@ -2953,12 +3015,11 @@ services_build(const struct tcpproxy *p, const struct tcpproxy_config *cfg,
 		*tail = svc;
 		tail = &svc->next;
 		(*count)++;
-		for (o = head; o != svc; o = o->next)
-			if (strcmp(o->name, svc->name) == 0) {
-				fail(err, errlen, EINVAL, "%sservice name '%s' "
-				    "is used twice", svc->where, svc->name);
-				goto bad;
-			}
+		if (service_name_unique(head, svc, spec->name == NULL) == -1) {
+			fail(err, errlen, EINVAL, "%sservice name '%s' is used "
+			    "twice", svc->where, svc->name);
+			goto bad;
+		}
 	}
 	for (svc = head; svc != NULL; svc = svc->next)
 		if (*count > 1)
@@ -3104,6 +3165,8 @@ listeners_plan(struct tcpproxy *p, struct service *head, size_t *n,
 			fail(err, errlen, errno, "%s%s", svc->where, msg);
 			goto bad;
 		}
+		/* na >= 1: addrs_resolve() fails rather than find nothing. */
+		/* NOLINTNEXTLINE(clang-analyzer-optin.portability.UnixAPI) */
 		if ((grown = realloc(lis, (*n + na) * sizeof(*lis))) == NULL) {
 			free(a);
 			fail(err, errlen, ENOMEM, "out of memory");
@@ -3472,7 +3535,7 @@ tcpproxy_config_check(const struct tcpproxy_config *cfg,
 		report(user, "no service configured");
 		return problems + 1;
 	}
-	if ((built = calloc(n, sizeof(*built))) == NULL) {
+	if ((built = calloc(n, sizeof(struct service *))) == NULL) {
 		report(user, "out of memory");
 		return problems + 1;
 	}
@@ -3788,6 +3851,8 @@ static const struct opt opts[] = {
 /* An allocation of a parse, freed with all the others. */
 struct block {
 	struct block *next;
+	/* Only for its alignment: what follows suits any type. */
+	/* cppcheck-suppress unusedStructMember */
 	union { long double ld; long long ll; void *p; } align[1];
 };
 
@@ -3807,7 +3872,7 @@ struct parse {
 	const char *file;		/* NULL: the command line */
 	unsigned long line;
 	int process_only;		/* apply only S_PROC options */
-	const char *proc_opt;		/* a process option of this line */
+	char proc_opt[64];		/* a process option of this line */
 	char *err;
 	size_t errlen;
 };
@@ -3838,7 +3903,8 @@ parse_alloc(struct parse *ps, size_t n)
 		return NULL;
 	b->next = ps->own->blocks;
 	ps->own->blocks = b;
-	return b->align;
+	/* On the list of blocks, freed by tcpproxy_config_free(). */
+	return b->align;	/* analyzer-ok(-Wanalyzer-malloc-leak) */
 }
 
 /* Returns a copy of n bytes of s as a string; NULL if OOM. */
@@ -3983,8 +4049,6 @@ opt_apply(struct parse *ps, const struct opt *o, const char *val,
 	char what[40];
 
 	snprintf(what, sizeof(what), "--%s", o->name);
-	if (o->scope == S_PROC)
-		ps->proc_opt = o->name;
 	/* The command line's process options wait for the second pass,
 	 * after a config file, so that they win over the file's. */
 	if (ps->process_only ? o->scope != S_PROC :
@@ -4086,6 +4150,9 @@ opt_parse(struct parse *ps, char *const words[], int n, int *i,
 		if ((o = opt_find(ps, w, name, len, 0)) == NULL)
 			return -1;
 		snprintf(shown, sizeof(shown), "--%s", o->name);
+		if (o->scope == S_PROC && ps->proc_opt[0] == '\0')
+			snprintf(ps->proc_opt, sizeof(ps->proc_opt), "--%.*s",
+			    (int)len, name);
 		if (ps->file != NULL && o->scope == S_CMD)
 			return parse_error(ps, "option '%s' is for the command "
 			    "line only", shown);
@@ -4093,7 +4160,7 @@ opt_parse(struct parse *ps, char *const words[], int n, int *i,
 			if (eq != NULL)
 				return parse_error(ps, "option '%s' takes no "
 				    "value", shown);
-			return opt_apply(ps, o, NULL, svc);
+			return opt_apply(ps, o, "", svc);
 		}
 		if (eq != NULL)
 			return opt_apply(ps, o, eq + 1, svc);
@@ -4104,13 +4171,15 @@ opt_parse(struct parse *ps, char *const words[], int n, int *i,
 	}
 	/* A cluster of letters: -Hq, -c10, -c 10. */
 	for (w++; *w != '\0'; w++) {
-		if ((o = opt_find(ps, words[*i], NULL, 0, *w)) == NULL)
+		if ((o = opt_find(ps, words[*i], "", 0, *w)) == NULL)
 			return -1;
+		if (o->scope == S_PROC && ps->proc_opt[0] == '\0')
+			snprintf(ps->proc_opt, sizeof(ps->proc_opt), "-%c", *w);
 		if (ps->file != NULL && o->scope == S_CMD)
 			return parse_error(ps, "option '-%c' is for the command "
 			    "line only", *w);
 		if (!opt_has_value(o->kind)) {
-			if (opt_apply(ps, o, NULL, svc) == -1)
+			if (opt_apply(ps, o, "", svc) == -1)
 				return -1;
 			continue;
 		}
@@ -4199,13 +4268,13 @@ static int
 bracket_parse(struct parse *ps, const char *w, struct tcpproxy_service *svc)
 {
 	size_t len = strlen(w);
-	char *opts, *opt, *next;
+	char *list, *opt, *next;
 
 	if (w[0] != '[' || len < 3 || w[len - 1] != ']')
 		return parse_error(ps, "extra argument '%s'", w);
-	if ((opts = parse_strndup(ps, w + 1, len - 2)) == NULL)
+	if ((list = parse_strndup(ps, w + 1, len - 2)) == NULL)
 		return parse_error(ps, "out of memory");
-	for (opt = opts; opt != NULL; opt = next) {
+	for (opt = list; opt != NULL; opt = next) {
 		if ((next = strchr(opt, ',')) != NULL)
 			*next++ = '\0';
 		if (strncmp(opt, "src=", 4) == 0 && opt[4] != '\0')
@@ -4262,12 +4331,25 @@ rule_parse(struct parse *ps, char *const words[], int n, int i,
 		return parse_error(ps, "missing arguments: need local_host "
 		    "local_port remote_host remote_port");
 	if (ps->file != NULL) {
-		char where[300];
+		size_t len = strlen(ps->file) + 24;
+		char *where = parse_alloc(ps, len);
 
-		snprintf(where, sizeof(where), "%s:%lu", ps->file, ps->line);
-		if ((svc->where = parse_strndup(ps, where, strlen(where))) ==
-		    NULL)
+		if (where == NULL)
 			return parse_error(ps, "out of memory");
+		snprintf(where, len, "%s:%lu", ps->file, ps->line);
+		svc->where = where;
+	}
+	if (svc->name != NULL) {
+		size_t k;
+
+		for (k = 0; k < own->nservices; k++)
+			if (own->services[k].name != NULL &&
+			    strcmp(own->services[k].name, svc->name) == 0)
+				return parse_error(ps, "service name '%s' is "
+				    "used twice (also %s)", svc->name,
+				    own->services[k].where != NULL ?
+				    own->services[k].where : "on the command "
+				    "line");
 	}
 	if (own->nservices == own->cap) {
 		size_t cap = own->cap ? own->cap * 2 : 8;
@@ -4295,10 +4377,10 @@ static int
 words_parse(struct parse *ps, char *const words[], int n, int allow_proc)
 {
 	struct tcpproxy_service svc = *ps->defaults;
-	char *pos[256];
+	char *pos[256] = { NULL };
 	int i, npos = 0, opts_done = 0;
 
-	ps->proc_opt = NULL;
+	ps->proc_opt[0] = '\0';
 	for (i = 0; i < n; i++) {
 		if (!opts_done && strcmp(words[i], "--") == 0) {
 			opts_done = 1;
@@ -4317,8 +4399,8 @@ words_parse(struct parse *ps, char *const words[], int n, int allow_proc)
 		*ps->defaults = svc;
 		return 0;
 	}
-	if (!allow_proc && ps->proc_opt != NULL)
-		return parse_error(ps, "option '--%s' applies to the whole "
+	if (!allow_proc && ps->proc_opt[0] != '\0')
+		return parse_error(ps, "option '%s' applies to the whole "
 		    "process: give it on a line of its own before the first "
 		    "rule", ps->proc_opt);
 	if (ps->process_only)
@@ -4400,11 +4482,9 @@ rinetd_line(struct parse *ps, char *words[], int n, size_t first_rule)
 	if (strcmp(w, "logfile") == 0 || strcmp(w, "pidlogfile") == 0) {
 		if (n != 2)
 			return parse_error(ps, "'%s' needs one path", w);
+		/* Anywhere, as in rinetd, whose sample has it last. */
 		if (ps->process_only)
 			return 1;
-		if (own->nservices > first_rule)
-			return parse_error(ps, "'%s' applies to the whole "
-			    "process: give it before the first rule", w);
 		if (w[0] == 'l')
 			ps->cfg->program.log_file = words[1];
 		else
@@ -4878,17 +4958,19 @@ cli_data(void *user, void *bridge_data,
 static const char *
 rinetd_result(enum tcpproxy_reason r)
 {
+	/* rinetd's "local" is its socket to the server, "remote" the
+	 * client's. */
 	switch (r) {
 	case TCPPROXY_REASON_SERVER_CLOSED:
 	case TCPPROXY_REASON_SERVER_RESET:
 	case TCPPROXY_REASON_SERVER_ERROR:
-		return "done-remote-closed";
+		return "done-local-closed";
 	case TCPPROXY_REASON_CONNECT_REFUSED:
 	case TCPPROXY_REASON_CONNECT_TIMEOUT:
 	case TCPPROXY_REASON_CONNECT_FAILED:
 		return "local-connect-failed";
 	default:
-		return "done-local-closed";
+		return "done-remote-closed";
 	}
 }
 
@@ -4914,9 +4996,11 @@ name_split(const char *name, char *host, size_t hsize, char *port,
  * so that the parsers written for rinetd's logs keep working.
  */
 static void
-rinetd_log(const struct cli *c, const struct tcpproxy_bridge_info *info)
+rinetd_log(const struct cli *c, const struct tcpproxy_bridge_info *info,
+    const char *result)
 {
 	const struct tcpproxy_config *cfg = c->cfg;
+	const struct tcpproxy_service *found = NULL;
 	const char *lhost = "?", *lport = "?";
 	char client[ADDR_NAME_MAX], cport[8], rhost[256], rport[40];
 	char stamp[64];
@@ -4926,15 +5010,18 @@ rinetd_log(const struct cli *c, const struct tcpproxy_bridge_info *info)
 
 	for (i = 0; i < cfg->nservices; i++) {
 		const struct tcpproxy_service *s = &cfg->services[i];
+		const char *sname = s->name;
 		char name[300];
 
-		if (s->name == NULL)
+		if (sname == NULL) {
 			snprintf(name, sizeof(name), "%s:%s", s->local_host ?
 			    s->local_host : "*", s->local_port);
-		if (strcmp(s->name != NULL ? s->name : name,
-		    info->service_name) == 0) {
+			sname = name;
+		}
+		if (strcmp(sname, info->service_name) == 0) {
 			lhost = s->local_host != NULL ? s->local_host : "*";
 			lport = s->local_port;
+			found = s;
 			break;
 		}
 	}
@@ -4942,23 +5029,41 @@ rinetd_log(const struct cli *c, const struct tcpproxy_bridge_info *info)
 	    sizeof(cport));
 	name_split(info->backend_name, rhost, sizeof(rhost), rport,
 	    sizeof(rport));
-	if (gmtime_r(&t, &tm) == NULL ||
-	    strftime(stamp, sizeof(stamp), "%d/%b/%Y:%H:%M:%S +0000", &tm) ==
-	    0)
+	/* A refused client never had a backend: rinetd names the rule's. */
+	if (strcmp(info->backend_name, "-") == 0 && found != NULL) {
+		snprintf(rhost, sizeof(rhost), "%s", found->backends[0].host);
+		snprintf(rport, sizeof(rport), "%s", found->backends[0].port);
+	}
+	/* UTC, in rinetd's two forms: "... +0000" in the common log,
+	 * "...+00:00" in its own. */
+	if (gmtime_r(&t, &tm) == NULL || strftime(stamp, sizeof(stamp),
+	    c->log_common ? "%d/%b/%Y:%H:%M:%S +0000" :
+	    "%d/%b/%Y:%H:%M:%S+00:00", &tm) == 0)
 		snprintf(stamp, sizeof(stamp), "-");
 	if (c->log_common)
 		fprintf(c->log, "%s - - [%s] \"GET /rinetd-services/%s/%s/%s/"
 		    "%s/%s HTTP/1.0\" 200 %llu - - - %llu\n", client, stamp,
-		    lhost, lport, rhost, rport, rinetd_result(info->reason),
+		    lhost, lport, rhost, rport, result,
 		    info->bytes[TCPPROXY_DOWNSTREAM],
 		    info->bytes[TCPPROXY_UPSTREAM]);
 	else
 		fprintf(c->log, "%s\t%s\t%s\t%s\t%s\t%s\t%llu\t%llu\t%s\n",
 		    stamp, client, lhost, lport, rhost, rport,
 		    info->bytes[TCPPROXY_UPSTREAM],
-		    info->bytes[TCPPROXY_DOWNSTREAM],
-		    rinetd_result(info->reason));
+		    info->bytes[TCPPROXY_DOWNSTREAM], result);
 	fflush(c->log);
+}
+
+/* A refused client: rinetd logs it as "denied" or "not-allowed". */
+static void
+cli_refuse(void *user, const struct tcpproxy_bridge_info *info,
+    const char *reason)
+{
+	struct cli *c = user;
+
+	if (c->log != NULL)
+		rinetd_log(c, info, strcmp(reason, "not-allowed") == 0 ?
+		    "not-allowed" : "denied");
 }
 
 /* Releases what the hooks kept for a bridge; writes rinetd's log. */
@@ -4971,7 +5076,7 @@ cli_close(void *user, void *bridge_data,
 	int d;
 
 	if (c->log != NULL)
-		rinetd_log(c, info);
+		rinetd_log(c, info, rinetd_result(info->reason));
 	if (cb == NULL)
 		return;
 	for (d = 0; d < 2; d++)
@@ -5340,6 +5445,7 @@ run_workers(struct run *r, int n)
 				rc = 1;
 			} else {
 				pids = grown;
+				memset(pids + npids, 0, (size_t)n * sizeof(*pids));
 				k = workers_fork(r, pids + npids, n, &old, &rc);
 				/* The new ones serve: the old ones may go. */
 				workers_signal(pids, npids, SIGUSR2);
@@ -5476,6 +5582,8 @@ main(int argc, char *argv[])
 		r.hooks.on_close = cli_close;
 	else
 		r.hooks.on_accept = NULL;
+	if (cli->log != NULL)
+		r.hooks.on_refuse = cli_refuse;
 
 	if (signals_catch() == -1)
 		die("sigaction: %s", strerror(errno));

@@ -146,6 +146,12 @@ struct tcpproxy_hooks {
 	    char *data, size_t *len, size_t cap);
 	void (*on_close)(void *user, void *bridge_data,
 	    const struct tcpproxy_bridge_info *info);
+	/* Called for every client refused, by an access list, a limit or
+	 * on_accept, with the reason word of the log ("denied",
+	 * "not-allowed", "max-per-source", "hook"...); its connection is
+	 * closed right after. */
+	void (*on_refuse)(void *user, const struct tcpproxy_bridge_info *info,
+	    const char *reason);
 };
 
 /* How a service picks a backend for a new client (--balance). */
@@ -284,8 +290,9 @@ void tcpproxy_service_init(struct tcpproxy_service *svc);
  * services of a config file (-f), which it then reads with
  * tcpproxy_config_file().  Neither resolves a name nor binds anything.
  * Each returns 0, or -1 with a one-line message naming the word at fault
- * (and "FILE:LINE: " for a file) in err.  tcpproxy_config_free() releases
- * what they made; cfg is then as after tcpproxy_config_init().
+ * (and "FILE:LINE: " for a file) in err.  The config points into argv,
+ * which must outlive it.  tcpproxy_config_free() releases what they
+ * made; cfg is then as after tcpproxy_config_init().
  */
 int tcpproxy_config_parse(struct tcpproxy_config *cfg, int argc,
     char *const argv[], char *err, size_t errlen);

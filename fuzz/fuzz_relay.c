@@ -17,6 +17,17 @@
  * byte 1 may also turn on a 2 ms idle timeout or a server port that
  * refuses.
  *
+ * Op 0xf7 reloads: tcpproxy_reload() with a config made from the one
+ * running and the next byte (see reload()): the same (as the simple case
+ * or as services[]), half-close flipped, a second service on 127.0.0.1
+ * port 0 to the same server added or removed (listed first or last), the
+ * first service renamed (its record retires while its bridges go on), the
+ * other buffer size; or one that must fail (a name used twice, a backend
+ * that is the proxy's own listener, an invalid port, a listen address in
+ * use), after which everything must be as it was.  A connect op picks
+ * one of the listeners; bridges keep the half-close of the service that
+ * accepted them, which the harness reads from the bridge table.
+ *
  * Checked, all with abort() so libFuzzer reports a crash:
  *  - every byte an end receives is the next byte of what the other end
  *    sent (or, with on_data, of what the hook passed): no loss, no
@@ -24,16 +35,24 @@
  *    order and is given cap >= 2 * len as tcpproxy.h promises;
  *  - at the end, a pair nobody closed, reset or limited got everything;
  *    a half-close (-H) passed the EOF on and the other way kept working;
+ *  - a reload that succeeds keeps the listeners whose written address is
+ *    unchanged (same descriptor, same port), binds and closes exactly the
+ *    others (the descriptor count moves by the difference), leaves the new
+ *    services live and the old ones retired; one that fails (or comes
+ *    after the stop was seen) changes nothing, descriptors included;
  *  - on_close runs exactly once per admitted bridge, never for a refused
  *    one, and tcpproxy_bridges() matches admitted minus closed;
  *  - after each step, the state is consistent: slots, pollfd projection
  *    (events == want(), fd -1 without interest), no empty buffer held,
- *    timer lists well linked;
+ *    timer lists well linked, a bridge's service holds a reference for
+ *    it, live services before retired ones, listeners on live services;
  *  - after closing everything and tcpproxy_free(), the number of open
  *    descriptors (/proc/self/fd) is what it was before the input;
  *  - no ASan/UBSan report.
- * Time cannot be faked, so the idle timeout and --rate stay off and the
- * connect timeout never fires (the server always listens).  The tier
+ * FUZZ_RELAY_DEBUG=1 in the environment prints what each reload did.
+ * Time cannot be faked, so --rate stays off, the idle timeout is off or
+ * 2 ms (when any bridge may go) and the connect timeout never fires (the
+ * server always listens).  The tier
  * tunables are lowered (below) so that hot/cold polling runs too.  Nothing
  * sleeps; the final drain polls with a 1 ms timeout only while a pair
  * still waits for bytes.
@@ -82,6 +101,7 @@ struct pair {
 	int mapped;			/* server end found */
 	int hook_closed;		/* on_data said CLOSE */
 	int limited;			/* max-bytes may have cut it */
+	int half_close;			/* of the service that took it */
 	unsigned long id;		/* bridge id */
 	/* on_data: bytes seen per direction and what it passed on. */
 	unsigned long long seen[2];
@@ -107,10 +127,28 @@ struct run {
 	int norphans;
 	unsigned char closed_id[MAXIDS + 1];
 	unsigned char admitted_id[MAXIDS + 1];
+	unsigned char noted_id[MAXIDS + 1];	/* its pair got its service */
 	unsigned long admitted, closes;
+	/* Reloads: the config the proxy was made from, and what runs now. */
+	struct tcpproxy_config base;
+	char port[16];			/* the server's port, as written */
+	int lport;			/* the harness's listener's port */
+	size_t altbuf;			/* the other buffer size */
+	struct reload_state {
+		int half_close;		/* of the first service */
+		int gen;		/* its name: 0 is the default */
+		int second;		/* a second service */
+		int second_half_close;
+		int second_first;	/* listed before the first */
+		int altbuf;		/* the other buffer size */
+	} cur;
+	struct tcpproxy_service svcs[2];
+	struct tcpproxy_backend backends[2];
+	char name[32], badport[16];
 };
 
 static struct run R;
+static int debug = -1;		/* FUZZ_RELAY_DEBUG=1: say what reloads did */
 
 /* The pattern byte k of the stream that side s of pair i writes. */
 static unsigned char
@@ -534,6 +572,33 @@ server_accept(void)
 	}
 }
 
+/*
+ * Gives each pair the half-close of the service that accepted it: a
+ * reload may have changed it between the connect and the accept.
+ */
+static void
+bridges_note(void)
+{
+	size_t k;
+
+	for (k = 0; k < R.p->nbridges; k++) {
+		struct bridge *b = R.p->tab[k];
+		struct pair *pr;
+		int port;
+
+		if (b->id > MAXIDS || R.noted_id[b->id])
+			continue;
+		if ((port = port_of(b->fd[CLIENT], 1)) == -1) {
+			R.noted_id[b->id] = 1;	/* reset: nothing pending */
+			continue;
+		}
+		if ((pr = pair_by_port(port)) != NULL) {
+			pr->half_close = b->svc->half_close;
+			R.noted_id[b->id] = 1;
+		}
+	}
+}
+
 static void
 step(int timeout)
 {
@@ -543,18 +608,24 @@ step(int timeout)
 	if (rc == 0)
 		CHECK(R.stopped && R.p->nbridges == 0);
 	check_state();
+	bridges_note();
 	server_accept();
 }
 
+/* Connects a new pair's client to listener k (modulo their number). */
 static void
-client_connect(void)
+client_connect(unsigned int k)
 {
 	struct sockaddr_in sin;
+	struct listener *l;
 	struct pair *pr;
 	int fd, fl;
 
 	if (R.npairs >= MAXPAIRS || R.stopped)
 		return;
+	CHECK(R.p->nlisten >= 1);
+	l = &R.p->lis[k % R.p->nlisten];
+	CHECK(l->fd >= 0 && addr_port(&l->a) > 0);
 	pr = &R.pair[R.npairs];
 	memset(pr, 0, sizeof(*pr));
 	pr->end[CLIENT].fd = pr->end[SERVER].fd = -1;
@@ -563,22 +634,40 @@ client_connect(void)
 	memset(&sin, 0, sizeof(sin));
 	sin.sin_family = AF_INET;
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	sin.sin_port = htons((unsigned short)tcpproxy_bound_port(R.p));
+	sin.sin_port = htons((unsigned short)addr_port(&l->a));
 	/* Blocking: on loopback the kernel completes the handshake. */
 	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == -1) {
+		int e = errno;
+
+		/* A signal (libFuzzer's timer): the connect goes on. */
+		if (e == EINTR) {
+			struct pollfd w;
+			socklen_t elen = sizeof(e);
+
+			w.fd = fd;
+			w.events = POLLOUT;
+			while (poll(&w, 1, -1) == -1)
+				CHECK(errno == EINTR);
+			CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &e,
+			    &elen) == 0);
+		}
 		/* Out of ephemeral ports (a busy machine): not our bug. */
-		if (errno == EADDRNOTAVAIL || errno == EAGAIN) {
+		if (e == EADDRNOTAVAIL || e == EAGAIN) {
 			close(fd);
 			return;
 		}
-		fprintf(stderr, "connect: %s\n", strerror(errno));
-		abort();
+		if (e != 0) {
+			fprintf(stderr, "connect: %s\n", strerror(e));
+			abort();
+		}
 	}
 	fl = fcntl(fd, F_GETFL);
 	CHECK(fl != -1 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) != -1);
 	pr->end[CLIENT].fd = fd;
 	pr->port = port_of(fd, 0);
 	pr->used = 1;
+	/* Until the bridge shows which service took it. */
+	pr->half_close = l->svc->half_close;
 	R.npairs++;
 }
 
@@ -613,13 +702,13 @@ pair_pending(const struct pair *pr)
 	}
 	/* Symmetric mode, both EOFs: the first one wins, the other side's
 	 * unread bytes are never read. */
-	if (!R.half_close && pr->end[CLIENT].shut && pr->end[SERVER].shut)
+	if (!pr->half_close && pr->end[CLIENT].shut && pr->end[SERVER].shut)
 		return 0;
 	for (s = CLIENT; s <= SERVER; s++) {
 		const struct end *from = &pr->end[s], *to = &pr->end[!s];
 
 		/* Symmetric mode: an EOF either way ends the bridge. */
-		if (!R.half_close && (pr->end[CLIENT].shut ||
+		if (!pr->half_close && (pr->end[CLIENT].shut ||
 		    pr->end[SERVER].shut) && !from->shut)
 			continue;
 		if (R.hookmode == HOOKS_ALL) {
@@ -703,6 +792,235 @@ drain(void)
 	CHECK(!pending);
 }
 
+/* ---- reloads ---- */
+
+/* Fills service k of the reload config: 127.0.0.1 port 0 to the server. */
+static struct tcpproxy_service *
+reload_service(int k, const char *name, int half_close, int altbuf)
+{
+	struct tcpproxy_service *svc = &R.svcs[k];
+
+	tcpproxy_service_init(svc);
+	svc->name = name;
+	svc->local_host = "127.0.0.1";
+	svc->local_port = "0";
+	R.backends[k].host = "127.0.0.1";
+	R.backends[k].port = R.port;
+	svc->backends = &R.backends[k];
+	svc->nbackends = 1;
+	svc->half_close = half_close;
+	svc->connect_timeout = R.base.connect_timeout;
+	svc->idle_timeout = R.base.idle_timeout;
+	svc->buffer_size = altbuf ? R.altbuf : R.base.buffer_size;
+	svc->max_bytes = R.base.max_bytes;
+	svc->max_clients = R.base.max_clients;
+	return svc;
+}
+
+/* What the proxy holds, to compare across a reload that must fail. */
+struct snapshot {
+	size_t nlisten, base, nlive;
+	int fd[4], port[4];
+	struct service *lsvc[4], *svc[16];
+	size_t nsvc;
+	int fds;
+};
+
+static void
+snapshot_take(struct snapshot *sn)
+{
+	struct service *svc;
+	size_t k;
+
+	memset(sn, 0, sizeof(*sn));
+	sn->nlisten = R.p->nlisten;
+	sn->base = R.p->base;
+	sn->nlive = R.p->nlive;
+	CHECK(sn->nlisten <= 4);
+	for (k = 0; k < sn->nlisten; k++) {
+		sn->fd[k] = R.p->lis[k].fd;
+		sn->port[k] = addr_port(&R.p->lis[k].a);
+		sn->lsvc[k] = R.p->lis[k].svc;
+	}
+	for (svc = R.p->services; svc != NULL; svc = svc->next) {
+		CHECK(sn->nsvc < 16);
+		sn->svc[sn->nsvc++] = svc;
+	}
+	sn->fds = fd_count();
+}
+
+/* Checks that the proxy is exactly as in sn. */
+static void
+snapshot_same(const struct snapshot *sn)
+{
+	struct snapshot now;
+	size_t k;
+
+	snapshot_take(&now);
+	CHECK(now.nlisten == sn->nlisten && now.base == sn->base &&
+	    now.nlive == sn->nlive && now.nsvc == sn->nsvc &&
+	    now.fds == sn->fds);
+	for (k = 0; k < sn->nlisten; k++) {
+		CHECK(now.fd[k] == sn->fd[k] && now.port[k] == sn->port[k] &&
+		    now.lsvc[k] == sn->lsvc[k]);
+		CHECK(!R.p->lis[k].kept);
+		CHECK(sn->fd[k] == -1 || fcntl(sn->fd[k], F_GETFD) != -1);
+	}
+	for (k = 0; k < sn->nsvc; k++)
+		CHECK(now.svc[k] == sn->svc[k]);
+}
+
+/*
+ * Reloads the running proxy with a config the bits of arg make from the
+ * one running:
+ *   bit 0  flip the half-close of the first service;
+ *   bit 1  add or remove a second service (127.0.0.1 port 0, same server);
+ *   bit 2  rename the first service (its record retires);
+ *   bit 3  flip the half-close of the second service;
+ *   bit 4  list the second service before the first;
+ *   bit 5  switch the buffer size to the other one;
+ *   bit 6  make the reload fail, the way bits 0-1 say: 0 a service name
+ *          used twice, 1 a backend that is the proxy's first listener
+ *          (a loop), 2 an invalid backend port, 3 a second service on
+ *          the harness's own listening port (in use);
+ *   bit 7  give it as the simple case (cfg.local_port...) when it is
+ *          one service with its default name.
+ * A reload that must fail, or comes after the proxy has seen the stop,
+ * must leave everything as it was.
+ */
+static void
+reload(unsigned char arg)
+{
+	struct reload_state ns = R.cur;
+	struct tcpproxy_config cfg = R.base;
+	struct tcpproxy_service *first, *second = NULL;
+	struct snapshot before;
+	char err[256];
+	int fail = arg & 0x40, kind = arg & 3, rc, stopping = R.p->stopping;
+	size_t k, j, kept = 0, n;
+
+	if (arg & 1)
+		ns.half_close = !ns.half_close;
+	if (arg & 2)
+		ns.second = !ns.second;
+	if (arg & 4)
+		ns.gen++;
+	if (arg & 8)
+		ns.second_half_close = !ns.second_half_close;
+	if (arg & 0x10)
+		ns.second_first = !ns.second_first;
+	if (arg & 0x20)
+		ns.altbuf = !ns.altbuf;
+	snprintf(R.name, sizeof(R.name), "first-%d", ns.gen);
+	first = reload_service(0, ns.gen > 0 ? R.name : NULL,
+	    ns.half_close, ns.altbuf);
+	if (ns.second || (fail && kind != 2))
+		second = reload_service(1, "second", ns.second_half_close,
+		    ns.altbuf);
+	if (fail) {
+		switch (kind) {
+		case 0:		/* the first's name, written by both (a
+				 * default name would yield: "#2") */
+			if (ns.gen == 0)
+				first->name = "127.0.0.1:0";
+			second->name = first->name;
+			break;
+		case 1:		/* relays to the proxy itself */
+			snprintf(R.badport, sizeof(R.badport), "%d",
+			    addr_port(&R.p->lis[0].a));
+			R.backends[1].port = R.badport;
+			break;
+		case 2:
+			R.backends[0].port = "0";
+			break;
+		case 3:		/* the harness's listener has it */
+			snprintf(R.badport, sizeof(R.badport), "%d", R.lport);
+			second->local_port = R.badport;
+			break;
+		}
+	}
+	cfg.local_host = cfg.local_port = NULL;
+	cfg.remote_host = cfg.remote_port = NULL;
+	cfg.services = R.svcs;
+	cfg.nservices = second != NULL ? 2 : 1;
+	if (second != NULL && ns.second_first) {
+		struct tcpproxy_service t = R.svcs[0];
+
+		R.svcs[0] = R.svcs[1];
+		R.svcs[1] = t;
+	}
+	if ((arg & 0x80) && second == NULL && first->name == NULL) {
+		/* The simple case: the fields the proxy was made from. */
+		cfg.services = NULL;
+		cfg.nservices = 0;
+		cfg.local_host = first->local_host;
+		cfg.local_port = first->local_port;
+		cfg.remote_host = first->backends[0].host;
+		cfg.remote_port = first->backends[0].port;
+		cfg.half_close = first->half_close;
+		cfg.buffer_size = first->buffer_size;
+	}
+	snapshot_take(&before);
+	errno = 0;
+	err[0] = '\0';
+	rc = tcpproxy_reload(R.p, &cfg, err, sizeof(err));
+	CHECK(rc == 0 || rc == -1);
+	if (debug)
+		fprintf(stderr, "reload 0x%02x: %s (%zu listeners, %zu bridges)\n",
+		    arg, rc == 0 ? "ok" : err, R.p->nlisten, R.p->nbridges);
+	if (rc == -1) {
+		CHECK(err[0] != '\0' && memchr(err, '\0', sizeof(err)));
+		if (!fail && !stopping) {
+			/* No port to bind on a busy machine: not our bug. */
+			if (errno != EADDRINUSE && errno != EADDRNOTAVAIL) {
+				fprintf(stderr, "tcpproxy_reload: %s\n", err);
+				abort();
+			}
+		}
+		if (stopping)
+			CHECK(errno == ECANCELED);
+		snapshot_same(&before);
+		check_state();
+		return;
+	}
+	CHECK(!fail && !stopping);
+	R.cur = ns;
+	/* One listener a service (127.0.0.1 is one address); those with
+	 * the same written address kept, with their ports; the others
+	 * bound or closed, and nothing else. */
+	n = 1 + (size_t)ns.second;
+	CHECK(R.p->nlisten == n && R.p->nlive == n);
+	for (k = 0; k < n; k++) {
+		CHECK(R.p->lis[k].fd >= 0 && !R.p->lis[k].kept);
+		CHECK(!R.p->lis[k].svc->retired);
+		CHECK(R.p->lis[k].svc->half_close == (R.p->lis[k].svc->name[0]
+		    == 's' ? ns.second_half_close : ns.half_close));
+		for (j = 0; j < before.nlisten; j++)
+			if (before.fd[j] == R.p->lis[k].fd) {
+				CHECK(before.port[j] ==
+				    addr_port(&R.p->lis[k].a));
+				kept++;
+			}
+	}
+	if (before.fd[0] >= 0)
+		CHECK(kept == (n < before.nlisten ? n : before.nlisten));
+	CHECK(fd_count() == before.fds + (int)n - (int)before.nlisten);
+	/* The services in order, live ones first. */
+	{
+		struct service *svc = R.p->services;
+
+		for (k = 0; k < n; k++, svc = svc->next) {
+			CHECK(svc != NULL && !svc->retired);
+			CHECK(strcmp(svc->name, second != NULL &&
+			    (k == 0) == (ns.second_first != 0) ? "second" :
+			    ns.gen > 0 ? R.name : "127.0.0.1:0") == 0);
+		}
+		for (; svc != NULL; svc = svc->next)
+			CHECK(svc->retired && svc->refs > 0);
+	}
+	check_state();
+}
+
 /* ---- the fuzz target ---- */
 
 int LLVMFuzzerInitialize(int *, char ***);
@@ -732,6 +1050,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 1)
 		return 0;
+	if (debug == -1)
+		debug = getenv("FUZZ_RELAY_DEBUG") != NULL;
 	fds = fd_count();
 	memset(&R, 0, sizeof(R));
 	R.dead = -1;
@@ -756,6 +1076,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(getsockname(R.lfd, (struct sockaddr *)&sin, &slen) == 0);
 	CHECK(fcntl(R.lfd, F_SETFL, O_NONBLOCK) != -1);
 	snprintf(port, sizeof(port), "%d", ntohs(sin.sin_port));
+	R.lport = ntohs(sin.sin_port);
 
 	tcpproxy_config_init(&cfg);
 	cfg.local_host = "127.0.0.1";
@@ -814,6 +1135,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			R.hooks.on_data = h_data;
 		cfg.hooks = &R.hooks;
 	}
+	/* Reloads start from this config. */
+	R.base = cfg;
+	snprintf(R.port, sizeof(R.port), "%s", port);
+	R.altbuf = cfg.buffer_size != 0 && cfg.buffer_size < 4096 ? 4096 : 1000;
+	R.cur.half_close = R.half_close;
 	R.p = tcpproxy_create(&cfg, err, sizeof(err));
 	if (R.p == NULL) {
 		if (errno == EADDRINUSE || errno == EADDRNOTAVAIL) {
@@ -836,7 +1162,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		switch (op & 7) {
 		case 0:
 			if ((op >> 3) & 1) {
-				client_connect();
+				client_connect(op >> 4);
 			} else {
 				pos++;
 				step(0);
@@ -876,6 +1202,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if ((op >> 3) == 0x1f && !R.stopped) {
 				tcpproxy_stop(R.p);
 				R.stopped = 1;
+			} else if ((op >> 3) == 0x1e) {
+				pos++;
+				reload(arg);
 			} else {
 				step(0);
 			}

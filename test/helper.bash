@@ -237,3 +237,92 @@ bad_usage() {
 observe_for() {
 	sleep "$1"
 }
+
+# ---- services, config files, reloads ----
+
+# service_port FILE NAME: waits up to 10 s for the ready line of service
+# NAME ("listening on ADDR:PORT service=NAME") in FILE and prints its
+# port, from the last such line (a reload may bind it anew).
+service_port() {
+	local file=$1 name=$2
+	wait_for 10 has_service_line "$file" "$name" || {
+		echo "no ready line for service $name in $file:" >&2
+		cat "$file" >&2
+		return 1
+	}
+	awk -v want=" service=$name" '
+	index($0, " listening on ") &&
+	    substr($0, length($0) - length(want) + 1) == want {
+		addr = substr($0, index($0, " listening on ") + 14)
+		addr = substr(addr, 1, length(addr) - length(want))
+		port = addr
+		sub(/.*:/, "", port)
+	}
+	END { if (port == "") exit 1; print port }' "$file"
+}
+
+# has_service_line FILE NAME: FILE has the ready line of service NAME.
+has_service_line() {
+	awk -v want=" service=$2" '
+	index($0, " listening on ") &&
+	    substr($0, length($0) - length(want) + 1) == want { found = 1 }
+	END { exit !found }' "$1"
+}
+
+# count_lines FILE REGEX: prints how many lines of FILE match the
+# extended REGEX (0 when none, or when FILE is missing).
+count_lines() {
+	local n
+	n=$(grep -Ec -- "$2" "$1" 2>/dev/null) || true
+	echo "${n:-0}"
+}
+
+# closes_on FILE PORT: prints how many close lines in FILE name the
+# backend 127.0.0.1:PORT.
+closes_on() {
+	count_lines "$1" " close id=.* backend=127\\.0\\.0\\.1:$2( |\$)"
+}
+
+# reload_proxy PID LOG: sends SIGHUP to PID and waits up to 10 s for one
+# more "reloaded:" or "reload failed" line in LOG.
+reload_proxy() {
+	local want
+	want=$(($(count_lines "$2" ' reload(ed:| failed)') + 1))
+	kill -HUP "$1"
+	wait_for 10 eval "[ \"\$(count_lines '$2' ' reload(ed:| failed)')\" -ge $want ]"
+}
+
+# start_config FILE [ARGS...]: starts ./tcpproxy -f FILE ARGS; sets
+# PROXY_PID and PROXY_LOG, and waits for a ready line (PROXY_PORT is not
+# set: with several services, use service_port).
+start_config() {
+	local file=$1
+	shift
+	PROXIES=$((PROXIES + 1))
+	spawn single "proxy$PROXIES" "$TCPPROXY" -f "$file" "$@"
+	PROXY_PID=$SPAWNED
+	PROXY_LOG=$T/proxy$PROXIES.err
+	wait_for 10 has_line "$PROXY_LOG" ' listening on ' || {
+		echo "no ready line in $PROXY_LOG:" >&2
+		cat "$PROXY_LOG" >&2
+		return 1
+	}
+}
+
+# restart_backend PID PORT MODE [N]: ends the backend PID and at once
+# starts test/backend MODE on the port it had, leaving the port free for
+# as short a while as can be (a free port is soon another's: any
+# outgoing connect on the machine may take it).  Sets what start_backend
+# sets.
+restart_backend() {
+	local pid=$1 port=$2 n=0
+	shift 2
+	kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null ||
+	    true
+	while ! is_gone "$pid" && [ "$n" -lt 2000 ]; do
+		sleep 0.005
+		n=$((n + 1))
+	done
+	is_gone "$pid"
+	start_backend -p "$port" "$@"
+}
