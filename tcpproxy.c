@@ -110,7 +110,11 @@
  * Every input speaks one grammar: the command line, a config file line
  * (exactly the words one would type after tcpproxy) and the library's
  * parser share one table of options (opts[]) and one rule parser.
- * Validation happens in the library; the program only reads signals.
+ * Validation happens in the library, once; the program around it acts
+ * on signals (SIGHUP re-parses and calls tcpproxy_reload; with -w the
+ * parent reloads, forks a new generation of workers on its listeners and
+ * lets the old ones drain, since a worker alone could not bind what is
+ * new), and writes the pid file, the dumps and rinetd's log.
  *
  * A data hook sees each chunk between recv() and its queue.  It may hold
  * bytes back or have more to add than its room: when a flow stops being
