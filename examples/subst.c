@@ -166,7 +166,7 @@ on_close(void *user, void *bridge_data, const struct tcpproxy_bridge_info *info)
 int
 main(int argc, char *argv[])
 {
-	struct tcpproxy_hooks hooks = { NULL, on_accept, on_data, on_close };
+	struct tcpproxy_hooks hooks = { NULL, on_accept, on_data, on_close, NULL };
 	struct tcpproxy_config cfg;
 	struct tcpproxy *p;
 	char err[256];

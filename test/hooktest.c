@@ -83,7 +83,7 @@ static void ctx_end(struct ctx *);
 static int open_bridge(struct ctx *, int);
 
 static const struct tcpproxy_hooks hooks = {
-	NULL, on_accept, on_data, on_close
+	NULL, on_accept, on_data, on_close, NULL
 };
 
 static void
