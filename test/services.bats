@@ -276,5 +276,7 @@ probed() {
 	[ "$(field "$BACKEND_OUT" recv)" = "$(field "$T/c" sent)" ]
 	[ "$(field "$BACKEND_OUT" recv | cut -d' ' -f1)" = 65536 ]
 	wait_for 10 has_line "$PROXY_LOG" " close id=1 .* up=65536 down=0 .*backend=127\\.0\\.0\\.1:$BACKEND_PORT\$"
-	has_line "$PROXY_LOG" "^tcpproxy: backend down backend=127\\.0\\.0\\.1:$hole fails=1 error=\"Connection timed out\"\$"
+	# strerror(ETIMEDOUT): "Connection timed out" with glibc,
+	# "Operation timed out" with musl and the BSDs.
+	has_line "$PROXY_LOG" "^tcpproxy: backend down backend=127\\.0\\.0\\.1:$hole fails=1 error=\"[A-Za-z]+ timed out\"\$"
 }
