@@ -10,8 +10,11 @@ TCPPROXY=$TOP/tcpproxy
 BACKEND=$TOP/test/backend
 CLIENT=$TOP/test/client
 LIBTEST=$TOP/test/libtest
-# How often the bounded polling loops below look again, in seconds.
+# How often the bounded polling loops below look again, in seconds;
+# WAIT_INTERVAL overrides it for one wait_for where every millisecond
+# counts (restart_backend).
 POLL_INTERVAL=0.05
+FAST_POLL_INTERVAL=0.005
 
 setup() {
 	local bin
@@ -81,7 +84,7 @@ wait_for() {
 			echo "wait_for: gave up on: $*" >&2
 			return 1
 		fi
-		sleep "$POLL_INTERVAL"
+		sleep "${WAIT_INTERVAL:-$POLL_INTERVAL}"
 	done
 }
 
@@ -315,14 +318,11 @@ start_config() {
 # outgoing connect on the machine may take it).  Sets what start_backend
 # sets.
 restart_backend() {
-	local pid=$1 port=$2 n=0
+	local pid=$1 port=$2
 	shift 2
 	kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null ||
 	    true
-	while ! is_gone "$pid" && [ "$n" -lt 2000 ]; do
-		sleep 0.005
-		n=$((n + 1))
-	done
-	is_gone "$pid"
+	# Polled fast: the port is free from the moment the process is gone.
+	WAIT_INTERVAL=$FAST_POLL_INTERVAL wait_for 10 is_gone "$pid"
 	start_backend -p "$port" "$@"
 }
