@@ -4908,13 +4908,17 @@ hexdump(FILE *f, const struct tcpproxy_bridge_info *info, int dir,
 	fflush(f);
 }
 
-/* Opens the --dump-dir file of one direction of a bridge; NULL on error. */
+/*
+ * Opens the --dump-dir file of one direction of a bridge.  Returns it, or
+ * NULL after logging the error with the file's path.
+ */
 static FILE *
 dump_open(const struct cli *c, const struct tcpproxy_bridge_info *info,
     int dir)
 {
 	char path[PATH_MAX], name[ADDR_NAME_MAX], *q = name;
 	const char *s, *colon = strrchr(info->client_name, ':');
+	FILE *f;
 
 	/* "[::1]:40000" becomes "::1_40000": no brackets in file names. */
 	for (s = info->client_name; *s != '\0'; s++)
@@ -4926,8 +4930,13 @@ dump_open(const struct cli *c, const struct tcpproxy_bridge_info *info,
 	if (snprintf(path, sizeof(path), "%s/%lu_%s.%s", c->dump_dir,
 	    info->id, name, dir == TCPPROXY_UPSTREAM ? "up" : "down") >=
 	    (int)sizeof(path))
-		return NULL;
-	return fopen(path, "wb");
+		errno = ENAMETOOLONG;
+	else if ((f = fopen(path, "wb")) != NULL)
+		return f;
+	/* The path, for the run-time error: which file, as whom. */
+	fprintf(stderr, "tcpproxy: dump id=%lu: cannot create '%s': %s\n",
+	    info->id, path, strerror(errno));
+	return NULL;
 }
 
 /* Records a chunk: --hexdump and --dump-dir.  Never changes the data. */
@@ -4946,10 +4955,12 @@ cli_data(void *user, void *bridge_data,
 		hexdump(c->hex, info, dir, cb->off[dir],
 		    (const unsigned char *)data, *len);
 	if (c->dump_dir != NULL && !cb->dump_failed) {
-		if ((cb->dump[dir] == NULL &&
-		    (cb->dump[dir] = dump_open(c, info, dir)) == NULL) ||
-		    fwrite(data, 1, *len, cb->dump[dir]) != *len) {
-			fprintf(stderr, "tcpproxy: dump id=%lu: %s\n", info->id,
+		if (cb->dump[dir] == NULL &&
+		    (cb->dump[dir] = dump_open(c, info, dir)) == NULL)
+			cb->dump_failed = 1;
+		else if (fwrite(data, 1, *len, cb->dump[dir]) != *len) {
+			fprintf(stderr, "tcpproxy: dump id=%lu: cannot write to "
+			    "'%s': %s\n", info->id, c->dump_dir,
 			    strerror(errno));
 			cb->dump_failed = 1;
 		}
@@ -5204,6 +5215,28 @@ identity_assume(const struct identity *id, const char *spec)
 		    strerror(errno));
 	if (id->uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))
 		die("cannot drop privileges to '%s': root regained", spec);
+}
+
+/*
+ * Takes on id's groups and user as the effective ids only, so that what
+ * is opened now is checked with its rights and owned by it; root stays
+ * the saved id, for binding.  Exits 1 on failure.
+ */
+static void
+identity_borrow(const struct identity *id, const char *spec)
+{
+	if (setgroups(1, &id->gid) == -1 || setegid(id->gid) == -1 ||
+	    seteuid(id->uid) == -1)
+		die("cannot act as '%s': %s", spec, strerror(errno));
+}
+
+/* Takes root back after identity_borrow.  Exits 1 on failure. */
+static void
+identity_return(const char *spec)
+{
+	if (seteuid(0) == -1 || setegid(getgid()) == -1)
+		die("cannot act as root again after '%s': %s", spec,
+		    strerror(errno));
 }
 
 /* Everything a run of the command line keeps. */
@@ -5481,16 +5514,23 @@ wait:
 	return rc;
 }
 
-/* Opens the dump and log outputs the options ask for; exits 1. */
+/*
+ * Opens the dump and log outputs the options ask for, and makes the dump
+ * directory; cli->dump_dir is set already.  Exits 1 naming the path that
+ * fails, and the user (-u) it fails for.
+ */
 static void
 outputs_open(const struct tcpproxy_config *cfg, struct cli *cli)
 {
 	const struct tcpproxy_program *o = &cfg->program;
 	struct stat st;
+	char as[300] = "";
 
+	if (o->user != NULL)
+		snprintf(as, sizeof(as), " as user '%s'", o->user);
 	if (o->dump_file != NULL && (cli->hex = fopen(o->dump_file, "w")) ==
 	    NULL)
-		die("cannot open dump file '%s': %s", o->dump_file,
+		die("cannot open dump file '%s'%s: %s", o->dump_file, as,
 		    strerror(errno));
 	if (o->hexdump && cli->hex == NULL) {
 		int fd = dup(STDERR_FILENO);
@@ -5501,23 +5541,25 @@ outputs_open(const struct tcpproxy_config *cfg, struct cli *cli)
 	}
 	if (o->log_file != NULL && (cli->log = fopen(o->log_file, "a")) ==
 	    NULL)
-		die("cannot open log file '%s': %s", o->log_file,
+		die("cannot open log file '%s'%s: %s", o->log_file, as,
 		    strerror(errno));
 	cli->log_common = o->log_common;
-	if ((cli->dump_dir = o->dump_dir) == NULL)
+	if (cli->dump_dir == NULL)
 		return;
 	if (mkdir(cli->dump_dir, 0777) == -1 && errno != EEXIST)
-		die("cannot create dump directory '%s': %s", cli->dump_dir,
-		    strerror(errno));
+		die("cannot create dump directory '%s'%s: %s", cli->dump_dir,
+		    as, strerror(errno));
 	if (stat(cli->dump_dir, &st) == -1)
-		die("cannot use dump directory '%s': %s", cli->dump_dir,
+		die("cannot use dump directory '%s'%s: %s", cli->dump_dir, as,
 		    strerror(errno));
 	if (!S_ISDIR(st.st_mode))
 		die("cannot use dump directory '%s': not a directory",
 		    cli->dump_dir);
-	if (access(cli->dump_dir, W_OK | X_OK) == -1)
-		die("cannot write to dump directory '%s': %s", cli->dump_dir,
-		    strerror(errno));
+	/* The effective ids: those of -u, borrowed (identity_borrow). */
+	if (faccessat(AT_FDCWD, cli->dump_dir, W_OK | X_OK, AT_EACCESS) ==
+	    -1)
+		die("cannot write to dump directory '%s'%s: %s", cli->dump_dir,
+		    as, strerror(errno));
 }
 
 /* Prints one --check-config problem. */
@@ -5570,9 +5612,8 @@ main(int argc, char *argv[])
 			    (unsigned long)r.cfg.nservices);
 		return n == 0 ? 0 : 2;
 	}
-	outputs_open(&r.cfg, cli);
 	/* A reload frees the config's strings; these are the process's. */
-	if ((cli->dump_dir != NULL && (cli->dump_dir = strdup(cli->dump_dir))
+	if ((o->dump_dir != NULL && (cli->dump_dir = strdup(o->dump_dir))
 	    == NULL) || (o->pid_file != NULL &&
 	    (r.pid_file = strdup(o->pid_file)) == NULL))
 		die("out of memory");
@@ -5580,20 +5621,30 @@ main(int argc, char *argv[])
 	r.hooks.user = cli;
 	r.hooks.on_accept = cli_accept;
 	/* Only a dump needs to see the data: the relay pays nothing else. */
-	if (cli->hex != NULL || cli->dump_dir != NULL)
+	if (o->hexdump || o->dump_dir != NULL)
 		r.hooks.on_data = cli_data;
-	if (cli->hex != NULL || cli->dump_dir != NULL || cli->log != NULL)
+	if (o->hexdump || o->dump_dir != NULL || o->log_file != NULL)
 		r.hooks.on_close = cli_close;
 	else
 		r.hooks.on_accept = NULL;
-	if (cli->log != NULL)
+	if (o->log_file != NULL)
 		r.hooks.on_refuse = cli_refuse;
 
 	if (signals_catch() == -1)
 		die("sigaction: %s", strerror(errno));
 	raise_fd_limit();
-	if (o->user != NULL)
+	if (o->user != NULL) {
 		identity_lookup(o->user, &id);
+		identity_borrow(&id, o->user);
+	}
+	/*
+	 * As the user who will write them (-u): a path that user cannot use
+	 * fails the start, naming it, instead of every capture later.  The
+	 * pid file alone is written by root, as root may need (/run).
+	 */
+	outputs_open(&r.cfg, cli);
+	if (o->user != NULL)
+		identity_return(o->user);
 	if ((r.p = tcpproxy_create(&r.cfg, err, sizeof(err))) == NULL)
 		die("%s", err);
 	if (r.pid_file != NULL)
