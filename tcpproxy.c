@@ -26,7 +26,8 @@
  *             listener whose address is unchanged to the new service of
  *             that address, descriptor and all: no client is refused.
  *   bridge    an accepted client paired with one connection to a backend.
- *             Its state is explicit: WAIT_FD (no descriptor for the server
+ *             Its state is explicit: QUEUED (held by max_clients, no
+ *             server socket yet), WAIT_FD (no descriptor for the server
  *             socket yet), CONNECTING, OPEN.
  *
  * A bridge has two sides, fd[CLIENT] and fd[SERVER], and two flows:
@@ -94,11 +95,17 @@
  *
  * Timeouts are uniform per kind within a service, so intrusive lists
  * ordered by last activity give each service's next deadline in O(1):
- * connecting bridges (connect timeout, per address tried) and established
- * ones (idle timeout).  Bridges whose client was accepted but whose
- * server socket could not be made for want of a descriptor wait on one
- * engine-wide list, first come first served, for a bridge to close (at
- * most their connect timeout), rather than have their client dropped.
+ * connecting bridges (connect timeout, per address tried), established
+ * ones (idle timeout), and clients held by max_clients in the order they
+ * came (queue timeout).  A held client is accepted, so that its wait can
+ * be timed and its early bytes read, at most TCPPROXY_QUEUE_MAX per
+ * service (the rest wait in the listen queue, untimed), and the first
+ * one takes the place a bridge of its service leaves; without a queue
+ * timeout they all wait in the listen queue.  Bridges whose client was
+ * accepted but whose server socket could not be made for want of a
+ * descriptor wait on one engine-wide list, first come first served, for
+ * a bridge to close (at most their connect timeout), rather than have
+ * their client dropped.
  * Flows paused by --rate sit on an unordered list, walked only while some
  * flow is paused, and health checks keep their next time on their
  * backend.  The next deadline is found by a walk over the services,
@@ -202,6 +209,9 @@
 #ifndef TCPPROXY_DOWN_TIME
 #define TCPPROXY_DOWN_TIME 10.0		/* seconds a failed backend rests */
 #endif
+#ifndef TCPPROXY_QUEUE_MAX
+#define TCPPROXY_QUEUE_MAX 1024		/* clients held by max-clients */
+#endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
 #endif
@@ -253,16 +263,18 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
 
 /* ---- types ---- */
 enum { CLIENT = 0, SERVER = 1 };
-enum { TIMER_CONNECT = 0, TIMER_IDLE, TIMER_FDWAIT, TIMER_NONE };
+enum { TIMER_CONNECT = 0, TIMER_IDLE, TIMER_QUEUE, TIMER_FDWAIT, TIMER_NONE };
 enum { ACCEPT_ON = 0, ACCEPT_NOFD, ACCEPT_OFF };
 enum { MORE_NONE = 0, MORE_DRAINED, MORE_FINAL };
 
 /*
- * The state of a bridge.  WAIT_FD: accepted, but no descriptor was left
+ * The state of a bridge.  QUEUED: accepted while its service had
+ * max_clients bridges; it waits on its service's TIMER_QUEUE list, not
+ * counted in st->open.  WAIT_FD: accepted, but no descriptor was left
  * for its server socket; it waits on p->fdwait.  CONNECTING: a connect to
  * an address of a backend is under way.  OPEN: both sides relay.
  */
-enum { BRIDGE_WAIT_FD = 0, BRIDGE_CONNECTING, BRIDGE_OPEN };
+enum { BRIDGE_QUEUED = 0, BRIDGE_WAIT_FD, BRIDGE_CONNECTING, BRIDGE_OPEN };
 
 #define ADDR_NAME_MAX (INET6_ADDRSTRLEN + 10)	/* "[addr]:65535" */
 #define KEY_LEN 17			/* family (4 or 6), 16 address bytes */
@@ -332,6 +344,7 @@ struct state {
 	unsigned long refs;
 	char *name;
 	unsigned long open;
+	unsigned long queued;		/* clients held by max_clients */
 	unsigned long long total, refused, failed, bytes[2];
 	size_t rr;
 	int full;			/* stopped accepting at max_clients */
@@ -368,7 +381,7 @@ struct service {
 	unsigned long long max_bytes, rate;
 	double burst;			/* --rate: token bucket size */
 	size_t bufsize;
-	struct timer_list timers[TIMER_FDWAIT];	/* connect, idle */
+	struct timer_list timers[TIMER_FDWAIT];	/* connect, idle, queue */
 	char **spare;			/* free buffers of bufsize */
 	size_t nspare;
 };
@@ -430,6 +443,7 @@ struct tcpproxy {
 	long long slice_period;		/* us; a slice and its pause, > 0 */
 	struct timer_list fdwait;	/* bridges waiting for a descriptor */
 	int fd_freed;			/* a descriptor may be free for them */
+	int queue_due;			/* a held client may have a place */
 	struct bridge *throttled;	/* bridges with a paused flow */
 	long long now;			/* ms, updated after each poll */
 	unsigned long next_id;
@@ -451,13 +465,14 @@ static void flow_drain(struct tcpproxy *, struct bridge *, int);
 static void listeners_update(struct tcpproxy *);
 static void accept_pause(struct tcpproxy *, int);
 static void service_put(struct tcpproxy *, struct service *);
+static void bridge_start(struct tcpproxy *, struct bridge *);
 
 /* ---- helpers ---- */
 static const char *const reason_names[] = {
 	"open", "client-closed", "server-closed", "client-reset",
 	"server-reset", "client-error", "server-error", "connect-refused",
 	"connect-timeout", "connect-failed", "idle-timeout", "hook-closed",
-	"shutdown", "no-memory", "max-bytes"
+	"shutdown", "no-memory", "max-bytes", "queue-timeout"
 };
 
 const char *
@@ -1204,6 +1219,7 @@ want(const struct tcpproxy *p, const struct bridge *b, int s)
 	short ev = 0;
 
 	switch (b->state) {
+	case BRIDGE_QUEUED:
 	case BRIDGE_WAIT_FD:
 	case BRIDGE_CONNECTING:
 		/* The client's early bytes wait for whichever backend answers. */
@@ -1653,7 +1669,14 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 		b->be->open--;
 	if (b->src != NULL)
 		source_put(st, b->src);
-	st->open--;
+	if (b->state == BRIDGE_QUEUED) {
+		st->queued--;
+	} else {
+		st->open--;
+		/* Its place goes to a held client, at a safe point. */
+		if (st->queued > 0)
+			p->queue_due = 1;
+	}
 	timer_unlink(p, b);
 	throttle_unlink(p, b);
 	/*
@@ -1806,12 +1829,13 @@ bridge_admit(struct tcpproxy *p, struct bridge *b, const struct sockaddr *sa,
 }
 
 /*
- * Opens a bridge for a client freshly accepted by listener l; on any
- * failure the client's connection is closed.
+ * Opens a bridge for a client freshly accepted by listener l, to be held
+ * (queued) or started at once; on any failure the client's connection
+ * is closed.
  */
 static void
 bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
-    const struct sockaddr *sa, socklen_t salen)
+    const struct sockaddr *sa, socklen_t salen, int queued)
 {
 	struct service *svc = l->svc;
 	struct bridge *b;
@@ -1827,7 +1851,6 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 	b->fd[SERVER] = -1;
 	b->rd[CLIENT] = b->rd[SERVER] = b->wr[CLIENT] = b->wr[SERVER] = 1;
 	b->timer = TIMER_NONE;
-	b->state = BRIDGE_CONNECTING;	/* server_connect says what it is */
 	b->start_ms = b->last = p->now;
 	b->flow[CLIENT].tokens = b->flow[SERVER].tokens = svc->burst;
 	b->flow[CLIENT].stamp = b->flow[SERVER].stamp = p->now;
@@ -1854,12 +1877,36 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 		return;
 	}
 	svc->refs++;
-	svc->st->open++;
-	svc->st->total++;
 	b->slot = p->nbridges++;
 	p->tab[b->slot] = b;
 	b->active = p->now;
 	bridge_heat(p, b);
+	if (queued) {
+		/* Its turn comes with a place (queue_serve) or its timeout. */
+		b->state = BRIDGE_QUEUED;
+		snprintf(b->server, sizeof(b->server), "-");
+		svc->st->queued++;
+		timer_set(p, b, TIMER_QUEUE);
+		say(p, TCPPROXY_LOG_DEBUG, "queue id=%lu%s client=%s%s", b->id,
+		    p->worker, b->client, svc->tag);
+		(void)bridge_settle(p, b);
+		return;
+	}
+	bridge_start(p, b);
+}
+
+/*
+ * Starts an admitted bridge: counts it open, plans its backends, logs the
+ * open line and connects.  On failure the bridge is closed.
+ */
+static void
+bridge_start(struct tcpproxy *p, struct bridge *b)
+{
+	struct service *svc = b->svc;
+
+	b->state = BRIDGE_CONNECTING;	/* server_connect says what it is */
+	svc->st->open++;
+	svc->st->total++;
 	/* The policy's choice, or if it is down the next usable one. */
 	b->start = plan_start(p, svc, b);
 	(void)plan_next(p, b);
@@ -1933,19 +1980,26 @@ listener_accept(struct tcpproxy *p, size_t i)
 		struct service *svc = l->svc;
 		struct sockaddr_storage ss;
 		socklen_t len = sizeof(ss);
-		int fd;
+		int fd, held = 0;
 
-		if (svc->max_clients > 0 && svc->st->open >= svc->max_clients) {
+		/* Behind those held already, if any: first come first served. */
+		if (svc->max_clients > 0 && (svc->st->open >= svc->max_clients ||
+		    svc->st->queued > 0)) {
 			snprintf(msg, sizeof(msg), "reached max-clients limit "
 			    "(%lu), new clients wait%s", svc->max_clients,
 			    svc->tag);
 			note_once(p, &p->noted_full, msg);
-			svc->st->full = 1;
-			break;
+			/* Without a queue timeout, they wait in the backlog. */
+			held = svc->timers[TIMER_QUEUE].timeout > 0 &&
+			    svc->st->queued < TCPPROXY_QUEUE_MAX;
+			if (!held) {
+				svc->st->full = 1;
+				break;
+			}
 		}
 		fd = accept_ready(l->fd, (struct sockaddr *)&ss, &len);
 		if (fd >= 0) {
-			bridge_open(p, l, fd, (struct sockaddr *)&ss, len);
+			bridge_open(p, l, fd, (struct sockaddr *)&ss, len, held);
 			continue;
 		}
 		if (WOULD_BLOCK(errno))
@@ -2145,6 +2199,7 @@ wake_read(struct tcpproxy *p)
 			if (p->stopping == 0) {
 				listeners_close(p);
 				checks_close(p);
+				p->queue_due = 1;	/* held: closed or served */
 				say(p, TCPPROXY_LOG_DEBUG, "stopping, %lu "
 				    "bridges open", (unsigned long)p->nbridges);
 			}
@@ -2189,6 +2244,11 @@ service_expire(struct tcpproxy *p, struct service *svc)
 	l = &svc->timers[TIMER_IDLE];
 	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
 		bridge_end(b, TCPPROXY_REASON_IDLE_TIMEOUT, 0);
+		bridge_close(p, b);
+	}
+	l = &svc->timers[TIMER_QUEUE];
+	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
+		bridge_end(b, TCPPROXY_REASON_QUEUE_TIMEOUT, 0);
 		bridge_close(p, b);
 	}
 	service_put(p, svc);
@@ -2261,6 +2321,38 @@ fdwait_connect(struct tcpproxy *p)
 	}
 }
 
+/*
+ * Gives the places bridges left to the clients held by max_clients, in
+ * the order they came; after a stop (not a drain) closes them instead,
+ * since they were never served.
+ */
+static void
+queue_serve(struct tcpproxy *p)
+{
+	struct service *svc, *next_svc;
+	struct bridge *b;
+
+	p->queue_due = 0;
+	for (svc = p->services; svc != NULL; svc = next_svc) {
+		next_svc = svc->next;
+		svc->refs++;	/* closing its last bridge must not free it */
+		while ((b = svc->timers[TIMER_QUEUE].head) != NULL) {
+			if (p->stopping && !p->draining) {
+				bridge_close(p, b);
+				continue;
+			}
+			/* A reload may have lifted the limit (0). */
+			if (svc->max_clients > 0 &&
+			    svc->st->open >= svc->max_clients)
+				break;
+			timer_unlink(p, b);
+			svc->st->queued--;
+			bridge_start(p, b);
+		}
+		service_put(p, svc);
+	}
+}
+
 /* Returns the earlier of two deadlines, -1 meaning none. */
 static long long
 earlier(long long when, long long t)
@@ -2278,7 +2370,7 @@ next_timeout(const struct tcpproxy *p, int limit)
 	size_t k;
 	int t;
 
-	if (p->fd_freed)
+	if (p->fd_freed || p->queue_due)
 		return 0;	/* waiters to serve first */
 	for (svc = p->services; svc != NULL; svc = svc->next) {
 		for (t = TIMER_CONNECT; t < TIMER_FDWAIT; t++)
@@ -2537,6 +2629,8 @@ tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 	/* Bridges waiting for a descriptor go before new clients. */
 	if (p->fd_freed)
 		fdwait_connect(p);
+	if (p->queue_due)
+		queue_serve(p);
 	for (i = 0; i < p->nlisten; i++)
 		if (p->pfd[1 + i].fd >= 0 && p->pfd[1 + i].revents != 0)
 			listener_accept(p, i);
@@ -2858,6 +2952,8 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 	svc->timers[TIMER_CONNECT].timeout =
 	    secs_to_ms(spec->connect_timeout);
 	svc->timers[TIMER_IDLE].timeout = secs_to_ms(spec->idle_timeout);
+	svc->timers[TIMER_QUEUE].timeout = secs_to_ms(spec->queue_timeout < 0 ?
+	    spec->connect_timeout : spec->queue_timeout);
 	/* A bucket of 1/20 s: smooth, yet reads stay worth a system call. */
 	svc->burst = (double)spec->rate / 20;
 	if (svc->burst > (double)svc->bufsize)
@@ -3403,6 +3499,7 @@ tcpproxy_service_init(struct tcpproxy_service *svc)
 	svc->buffer_size = TCPPROXY_BUFFER_SIZE;
 	svc->fails = 1;
 	svc->down_time = TCPPROXY_DOWN_TIME;
+	svc->queue_timeout = -1;	/* the connect timeout */
 }
 
 void
@@ -3842,6 +3939,7 @@ static const struct opt opts[] = {
 	    1000000000 },
 	{ "name", 0, K_STR, S_RULE, SVC(name), 0 },
 	{ "pid-file", 0, K_STR, S_PROC, CFG(program.pid_file), 0 },
+	{ "queue-timeout", 0, K_SECS, S_RULE, SVC(queue_timeout), 0 },
 	{ "quiet", 'q', K_QUIET, S_PROC, CFG(verbosity), 0 },
 	{ "rate", 0, K_ULL, S_RULE, SVC(rate), ULLONG_MAX / 2 },
 	{ "source", 's', K_STR, S_RULE, SVC(source), 0 },
@@ -4743,8 +4841,8 @@ static const char usage_line[] =
     "[--max-bytes bytes]\n"
     "                [--max-per-source n] [--name name] "
     "[--pid-file file]\n"
-    "                [--rate bytes] "
-    "[local_host local_port remote_host remote_port ...]\n";
+    "                [--queue-timeout secs] [--rate bytes]\n"
+    "                [local_host local_port remote_host remote_port ...]\n";
 
 /* What the command line's hooks need; one per process. */
 struct cli {
@@ -4827,6 +4925,8 @@ help(void)
 	    "(default 64k)\n"
 	    "  -c, --max-clients N         at most N bridges at once; "
 	    "others wait\n"
+	    "      --queue-timeout SECS    close a client -c held that long "
+	    "(default: -t)\n"
 	    "      --max-per-source N      at most N bridges per client "
 	    "address\n"
 	    "  -t, --connect-timeout SECS  per server address (default 10, "
