@@ -3933,6 +3933,7 @@ static const struct opt opts[] = {
 	{ "help", 'h', K_FLAG, S_CMD, CFG(program.help), 0 },
 	{ "hexdump", 'x', K_FLAG, S_PROC, CFG(program.hexdump), 0 },
 	{ "idle-timeout", 'i', K_SECS, S_RULE, SVC(idle_timeout), 0 },
+	{ "log-time", 0, K_FLAG, S_PROC, CFG(program.log_time), 0 },
 	{ "max-bytes", 0, K_ULL, S_RULE, SVC(max_bytes), ULLONG_MAX / 2 },
 	{ "max-clients", 'c', K_COUNT, S_RULE, SVC(max_clients), 1000000000 },
 	{ "max-per-source", 0, K_COUNT, S_RULE, SVC(max_per_source),
@@ -3943,6 +3944,7 @@ static const struct opt opts[] = {
 	{ "quiet", 'q', K_QUIET, S_PROC, CFG(verbosity), 0 },
 	{ "rate", 0, K_ULL, S_RULE, SVC(rate), ULLONG_MAX / 2 },
 	{ "source", 's', K_STR, S_RULE, SVC(source), 0 },
+	{ "syslog", 0, K_FLAG, S_PROC, CFG(program.log_syslog), 0 },
 	{ "user", 'u', K_STR, S_PROC, CFG(program.user), 0 },
 	{ "verbose", 'v', K_VERBOSE, S_PROC, CFG(verbosity), 0 },
 	{ "version", 'V', K_FLAG, S_CMD, CFG(program.version), 0 },
@@ -4812,6 +4814,7 @@ tcpproxy_config_free(struct tcpproxy_config *cfg)
 #include <sys/wait.h>
 #include <grp.h>
 #include <pwd.h>
+#include <syslog.h>
 
 /*
  * setgroups() is not in POSIX, so strict headers hide it, yet dropping
@@ -4837,12 +4840,13 @@ static const char usage_line[] =
     "                [--busy-poll usecs] [--check-config] "
     "[--down-time secs]\n"
     "                [--dump-dir dir] [--dump-file file] [--fails n]\n"
-    "                [--grace secs] [--health-check secs] "
-    "[--max-bytes bytes]\n"
-    "                [--max-per-source n] [--name name] "
-    "[--pid-file file]\n"
-    "                [--queue-timeout secs] [--rate bytes]\n"
-    "                [local_host local_port remote_host remote_port ...]\n";
+    "                [--grace secs] [--health-check secs] [--log-time]\n"
+    "                [--max-bytes bytes] [--max-per-source n] "
+    "[--name name]\n"
+    "                [--pid-file file] [--queue-timeout secs] "
+    "[--rate bytes]\n"
+    "                [--syslog] "
+    "[local_host local_port remote_host remote_port ...]\n";
 
 /* What the command line's hooks need; one per process. */
 struct cli {
@@ -4865,6 +4869,49 @@ static volatile sig_atomic_t got_stop;	/* SIGINT, SIGTERM seen */
 static volatile sig_atomic_t got_hup;	/* SIGHUP: reload */
 static volatile sig_atomic_t got_usr1;	/* SIGUSR1: stats */
 static volatile sig_atomic_t got_usr2;	/* SIGUSR2: drain (a worker) */
+static int log_time;			/* --log-time */
+static int log_syslog;			/* --syslog, once openlog() ran */
+
+/*
+ * Writes one log line where the options say: to syslog (facility daemon,
+ * set by openlog in main), or to stderr as "tcpproxy: LINE", after an
+ * RFC 3339 UTC time with --log-time, in one write() so lines stay whole.
+ */
+static void
+log_out(int level, const char *line)
+{
+	char stamp[40] = "", out[1024];
+	struct timespec ts;
+	struct tm tm;
+	int n;
+
+	if (log_syslog) {
+		/* Level 0 holds the ready line and warnings, not only errors. */
+		syslog(level == TCPPROXY_LOG_ERROR ? LOG_NOTICE :
+		    level == TCPPROXY_LOG_INFO ? LOG_INFO : LOG_DEBUG, "%s",
+		    line);
+		return;
+	}
+	if (log_time && clock_gettime(CLOCK_REALTIME, &ts) == 0 &&
+	    gmtime_r(&ts.tv_sec, &tm) != NULL &&
+	    (n = (int)strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S",
+	    &tm)) > 0)
+		snprintf(stamp + n, sizeof(stamp) - (size_t)n, ".%03ldZ ",
+		    ts.tv_nsec / 1000000);
+	n = snprintf(out, sizeof(out), "%stcpproxy: %s\n", stamp, line);
+	if (n >= (int)sizeof(out))
+		n = sizeof(out) - 1;
+	if (n > 0 && write(STDERR_FILENO, out, (size_t)n) < 0)
+		return;	/* best effort: nowhere to report it */
+}
+
+/* The engine's log callback: its lines go out as the CLI's own. */
+static void
+cli_log(void *user, int level, const char *line)
+{
+	(void)user;
+	log_out(level, line);
+}
 
 /* Prints a usage error naming the bad word, then the usage; exits 2. */
 static NORETURN void
@@ -4881,17 +4928,17 @@ usage_error(const char *fmt, ...)
 	exit(2);
 }
 
-/* Prints a runtime error and exits 1. */
+/* Logs a runtime error and exits 1. */
 static NORETURN void
 die(const char *fmt, ...)
 {
+	char line[768];
 	va_list ap;
 
-	fputs("tcpproxy: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	log_out(TCPPROXY_LOG_ERROR, line);
 	exit(1);
 }
 
@@ -4950,6 +4997,10 @@ help(void)
 	    "      --grace SECS            time bridges may finish after "
 	    "SIGTERM (default 5)\n"
 	    "  -q, --quiet                 no per-bridge log lines\n"
+	    "      --log-time              start each log line with the UTC "
+	    "time\n"
+	    "      --syslog                log to syslog (daemon), not "
+	    "stderr\n"
 	    "  -v, --verbose               more detail in the log\n"
 	    "  -h, --help                  this help\n"
 	    "  -V, --version               the version\n"
@@ -5361,6 +5412,7 @@ run_parse(struct run *r, struct tcpproxy_config *cfg, char *err)
 	if (tcpproxy_config_parse(cfg, r->argc, r->argv, err, ERRLEN) == -1)
 		return -1;
 	cfg->hooks = &r->hooks;
+	cfg->log = cli_log;
 	return 0;
 }
 
@@ -5373,8 +5425,11 @@ run_reload(struct run *r)
 
 	if (run_parse(r, &cfg, err) == -1 ||
 	    tcpproxy_reload(r->p, &cfg, err, sizeof(err)) == -1) {
-		fprintf(stderr, "tcpproxy: reload failed, the running "
-		    "configuration stays: %s\n", err);
+		char line[ERRLEN + 64];
+
+		snprintf(line, sizeof(line), "reload failed, the running "
+		    "configuration stays: %s", err);
+		log_out(TCPPROXY_LOG_ERROR, line);
 		tcpproxy_config_free(&cfg);
 		return -1;
 	}
@@ -5742,6 +5797,12 @@ main(int argc, char *argv[])
 	 * fails the start, naming it, instead of every capture later.  The
 	 * pid file alone is written by root, as root may need (/run).
 	 */
+	/* From here on every line is timed or goes to syslog, as asked. */
+	log_time = o->log_time;
+	if (o->log_syslog) {
+		openlog("tcpproxy", LOG_PID, LOG_DAEMON);
+		log_syslog = 1;
+	}
 	outputs_open(&r.cfg, cli);
 	if (o->user != NULL)
 		identity_return(o->user);
@@ -5752,8 +5813,8 @@ main(int argc, char *argv[])
 	if (o->user != NULL)
 		identity_assume(&id, o->user);
 	else if (geteuid() == 0)
-		fprintf(stderr, "tcpproxy: warning: running as root; "
-		    "consider --user\n");
+		log_out(TCPPROXY_LOG_ERROR, "warning: running as root; "
+		    "consider --user");
 	if (o->workers > 1) {
 		rc = run_workers(&r, (int)o->workers);
 	} else {

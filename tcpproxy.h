@@ -234,6 +234,8 @@ struct tcpproxy_program {
 	int log_common;			/* rinetd's logcommon */
 	int check_config;		/* --check-config */
 	int help, version;		/* -h, -V */
+	int log_time;			/* --log-time: RFC 3339 UTC prefix */
+	int log_syslog;			/* --syslog: to syslog(), not stderr */
 };
 
 /*
