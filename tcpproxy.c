@@ -444,6 +444,7 @@ struct tcpproxy {
 	struct timer_list fdwait;	/* bridges waiting for a descriptor */
 	int fd_freed;			/* a descriptor may be free for them */
 	int queue_due;			/* a held client may have a place */
+	int hinted;			/* the -H hint was logged */
 	struct bridge *throttled;	/* bridges with a paused flow */
 	long long now;			/* ms, updated after each poll */
 	unsigned long next_id;
@@ -1597,6 +1598,15 @@ bridge_log_close(struct tcpproxy *p, const struct bridge *b)
 	    b->flow[SERVER].bytes, (double)(p->now - b->start_ms) / 1000.0,
 	    tcpproxy_reason_name(b->reason), err,
 	    b->be != NULL ? b->be->name : "-", b->svc->tag);
+	/* The first "echo hi | nc" gets nothing back: say why, once. */
+	if (!p->hinted && b->reason == TCPPROXY_REASON_CLIENT_CLOSED &&
+	    b->flow[SERVER].bytes == 0 && b->flow[CLIENT].bytes > 0 &&
+	    !b->svc->half_close && p->cfg.verbosity >= TCPPROXY_LOG_DEBUG) {
+		p->hinted = 1;
+		say(p, TCPPROXY_LOG_DEBUG, "hint: id=%lu: the client's EOF "
+		    "closed both sides before any reply; -H (--half-close) "
+		    "passes it on and lets the reply through", b->id);
+	}
 }
 
 /* Drops one bridge from a source's count, freeing the record at zero. */
