@@ -262,3 +262,49 @@ while True:
 	wait_for 10 has_line "$T/syslogd.out" '^<30>.*tcpproxy\[[0-9]+\]: close id=1 .*reason=client-closed'
 	no_line "$T/proxy.err" 'tcpproxy'
 }
+
+# ---- the grammar a newcomer types first ----
+
+@test "'*' listens on every address, IPv4 and IPv6, and both are served" {
+	need_ipv6
+	start_backend echo
+	start_proxy '*' 0 127.0.0.1 "$BACKEND_PORT"
+	has_line "$PROXY_LOG" "^tcpproxy: listening on 0\\.0\\.0\\.0:$PROXY_PORT\$"
+	wait_for 10 has_line "$PROXY_LOG" "^tcpproxy: listening on \\[::\\]:$PROXY_PORT\$"
+	[ "$(printf 'four' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$PROXY_PORT")" = four ]
+	[ "$(printf 'six' | "$CLIENT" -a 30 -k 3 ::1 "$PROXY_PORT")" = six ]
+}
+
+@test "an endpoint may be one word, HOST:PORT or [V6]:PORT" {
+	start_backend echo
+	start_proxy "127.0.0.1:0" "127.0.0.1:$BACKEND_PORT"
+	[ "$(printf 'four' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$PROXY_PORT")" = four ]
+	need_ipv6
+	start_backend -l ::1 echo
+	start_proxy "[::1]:0" "[::1]:$BACKEND_PORT"
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: listening on \[::1\]:[0-9]+$'
+	[ "$(printf 'six' | "$CLIENT" -a 30 -k 3 ::1 "$PROXY_PORT")" = six ]
+}
+
+@test "a value given to a flag names the long option, not its letter" {
+	bad_usage "option '--hexdump' takes no value" --hexdump=1 127.0.0.1 0 \
+	    127.0.0.1 80
+	bad_usage "option '--half-close' takes no value" --half-close=yes \
+	    127.0.0.1 0 127.0.0.1 80
+}
+
+@test "an ambiguous prefix is an error listing the candidates" {
+	bad_usage "ambiguous option '--max': --max-bytes, --max-clients, --max-per-source" \
+	    --max 1m 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "SIGHUP and SIGUSR1 to a command-line proxy are logged and it keeps serving" {
+	start_backend echo
+	proxy_to_backend
+	kill -HUP "$PROXY_PID"
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: reloaded'
+	kill -USR1 "$PROXY_PID"
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: stats '
+	kill -0 "$PROXY_PID"
+	[ "$(printf 'four' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$PROXY_PORT")" = four ]
+}
