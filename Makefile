@@ -86,7 +86,10 @@ fuzz/fuzz_preamble: fuzz/fuzz_preamble.c tcpproxy.c tcpproxy.h
 	$(FUZZCC) $(CPPFLAGS) -I. $(FUZZFLAGS) -o fuzz/fuzz_preamble \
 	    fuzz/fuzz_preamble.c
 
-fuzz: fuzz/fuzz_args fuzz/fuzz_relay fuzz/fuzz_preamble
+fuzz/fuzz_ctl: fuzz/fuzz_ctl.c tcpproxy.c tcpproxy.h
+	$(FUZZCC) $(CPPFLAGS) -I. $(FUZZFLAGS) -o fuzz/fuzz_ctl fuzz/fuzz_ctl.c
+
+fuzz: fuzz/fuzz_args fuzz/fuzz_relay fuzz/fuzz_preamble fuzz/fuzz_ctl
 	./fuzz/run $(FUZZTIME)
 
 soak: tcpproxy test/backend test/client
@@ -118,7 +121,7 @@ uninstall:
 
 clean:
 	rm -f tcpproxy tcpproxy-static $(TESTBIN) $(EXAMPLES) bench/loadgen \
-	    fuzz/fuzz_args fuzz/fuzz_relay fuzz/fuzz_preamble
+	    fuzz/fuzz_args fuzz/fuzz_relay fuzz/fuzz_preamble fuzz/fuzz_ctl
 
 .PHONY: all examples test bench bench-quick static fuzz soak install \
 	install-strip install-static install-bin uninstall clean

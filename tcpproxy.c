@@ -239,6 +239,21 @@
 #ifndef TCPPROXY_QUEUE_MAX
 #define TCPPROXY_QUEUE_MAX 1024		/* clients held by max-clients */
 #endif
+#ifndef TCPPROXY_CTL_MAX
+#define TCPPROXY_CTL_MAX 8		/* control clients at once */
+#endif
+#ifndef TCPPROXY_CTL_LINE
+#define TCPPROXY_CTL_LINE 1024		/* bytes of a control line */
+#endif
+#ifndef TCPPROXY_CTL_BATCH
+#define TCPPROXY_CTL_BATCH 64		/* lines of a control batch */
+#endif
+#ifndef TCPPROXY_CTL_OUT_MAX
+#define TCPPROXY_CTL_OUT_MAX (4 * 1024 * 1024)	/* bytes of a reply */
+#endif
+#ifndef TCPPROXY_WAIT_TIMEOUT
+#define TCPPROXY_WAIT_TIMEOUT 30000	/* ms a control wait lasts */
+#endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
 #endif
@@ -324,7 +339,7 @@ enum { BRIDGE_QUEUED = 0, BRIDGE_WAIT_FD, BRIDGE_CONNECTING, BRIDGE_OPEN,
  * ClientHello), whether the admit stage let it in (on_close is due) and
  * whether its open line was logged (its close line is due).
  */
-enum { B_PROXY = 1, B_SNI = 2, B_ADMITTED = 4, B_OPENED = 8 };
+enum { B_PROXY = 1, B_SNI = 2, B_ADMITTED = 4, B_OPENED = 8, B_HANG = 16 };
 
 #define ADDR_NAME_MAX (INET6_ADDRSTRLEN + 10)	/* "[addr]:65535" */
 #define KEY_LEN 17			/* family (4 or 6), 16 address bytes */
@@ -442,6 +457,7 @@ struct service {
 	int keepalive;			/* seconds idle before probes; 0 */
 	unsigned int socket_mode;
 	struct fault *faults;		/* --fault and the control socket's */
+	int down;			/* DOWN_* */
 	struct timer_list timers[TIMER_FDWAIT];	/* connect, idle, queue,
 						 * preamble */
 	char **spare;			/* free buffers of bufsize */
@@ -529,6 +545,27 @@ struct faults {
 	struct bfault f[FAULT_MAX];
 };
 
+/* How a service is down (the control socket's down command). */
+enum { DOWN_NONE, DOWN_REFUSE, DOWN_HANG, DOWN_RESET, DOWN_TIMEOUT,
+    DOWN_NMODES };
+
+/* A client of the control socket. */
+struct ctl {
+	int fd;				/* -1: a free slot */
+	char in[TCPPROXY_CTL_LINE + 1];
+	size_t inlen;
+	int eof;			/* it sent all it will */
+	char *out;			/* the reply not yet written */
+	size_t outlen, outoff, outcap;
+	int batch;			/* lines since "begin", or -1 */
+	char *lines[TCPPROXY_CTL_BATCH];
+	char batchbuf[16 * 1024];
+	size_t nbatch;
+	char wait[128];			/* a wait's condition, or "" */
+	long long wait_until;		/* ms */
+	int reload;			/* a reload to do, then answer */
+};
+
 /* A bound socket and the service it feeds. */
 struct listener {
 	int fd;
@@ -609,6 +646,11 @@ struct tcpproxy {
 	unsigned long long fault_seed;	/* --seed */
 	struct bridge **heap;		/* fault deadlines, a min-heap */
 	size_t nheap, heapcap;
+	int ctl_fd;			/* the control socket, or -1 */
+	size_t ctl_slot;		/* its pollfd; its clients' follow */
+	struct addr ctl_addr;
+	pid_t ctl_owner;
+	struct ctl ctls[TCPPROXY_CTL_MAX];
 };
 
 /* ---- prototypes ---- */
@@ -632,6 +674,16 @@ static void fault_settle(struct tcpproxy *, struct bridge *);
 static void fault_arm(struct tcpproxy *, struct bridge *);
 static void faults_admit(struct tcpproxy *, struct bridge *);
 static void fault_detach(struct tcpproxy *, struct bridge *);
+static int service_up(struct tcpproxy *, struct service *, char *, size_t);
+static void ctl_lines(struct tcpproxy *, struct ctl *);
+static void ctl_project(struct tcpproxy *);
+static void ctl_stats(struct tcpproxy *, struct ctl *);
+static int line_split(char *, char *[], int);
+static void listener_close(struct listener *);
+static struct addr *addrs_resolve(const char *, const char *, int, size_t *,
+    char *, size_t);
+static void stats_line(const struct tcpproxy *, const struct tcpproxy_stats *,
+    char *, size_t);
 static void bridge_begin(struct tcpproxy *, struct bridge *);
 
 /* ---- helpers ---- */
@@ -2927,6 +2979,15 @@ preamble_read(struct tcpproxy *p, struct bridge *b)
 	size_t limit = preamble_limit(p, b);
 	ssize_t n;
 
+	if (b->flags & B_HANG) {
+		char sink[4096];
+
+		n = recv(b->fd[CLIENT], sink, sizeof(sink), 0);
+		if (n > 0 || (n < 0 && (errno == EINTR || WOULD_BLOCK(errno))))
+			return bridge_settle(p, b);
+		bridge_refuse(p, b, NULL);
+		return 1;
+	}
 	if (buf_take(b->svc, f) == -1) {
 		bridge_refuse(p, b, "no-memory");
 		return 1;
@@ -3011,7 +3072,17 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 	b->svc = svc;
 	(void)addr_key(sa, b->key);
 	addr_name(sa, salen, b->client, sizeof(b->client));
-	if (svc->accept_proxy) {
+	if (svc->down == DOWN_RESET) {
+		struct linger lg;
+
+		/* Down as reset: accepted, then reset at once. */
+		lg.l_onoff = 1;
+		lg.l_linger = 0;
+		(void)setsockopt(cfd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		why = "down-reset";
+	} else if (svc->down == DOWN_HANG) {
+		b->flags |= B_HANG;
+	} else if (svc->accept_proxy) {
 		b->flags |= B_PROXY;
 		if (!proxy_trusted(b))
 			why = "proxy-untrusted";
@@ -3026,13 +3097,21 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 		free(b);
 		return;
 	}
-	if (svc->nroutes > 0)
+	if (svc->nroutes > 0 && !(b->flags & B_HANG))
 		b->flags |= B_SNI;
 	svc->refs++;
 	b->slot = p->nbridges++;
 	p->tab[b->slot] = b;
 	b->active = p->now;
 	bridge_heat(p, b);
+	if (b->flags & B_HANG) {
+		/* Down as hang: a black hole that reads and drops. */
+		svc->st->open++;
+		b->state = BRIDGE_PREAMBLE;
+		snprintf(b->server, sizeof(b->server), "-");
+		(void)bridge_settle(p, b);
+		return;
+	}
 	if (queued) {
 		/* Its turn comes with a place (queue_serve) or its timeout. */
 		b->state = BRIDGE_QUEUED;
@@ -3055,6 +3134,10 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
  * here, once, into a record its service keeps; bridges point at the
  * records that apply to them.
  */
+static const char *const down_modes[DOWN_NMODES] = {
+	"up", "refuse", "hang", "reset", "timeout"
+};
+
 static const char *const fault_actions[F_NACTIONS] = {
 	"delay", "ttfb", "rate", "slice", "close", "halfclose", "reset",
 	"timeout", "stall", "drop", "corrupt", "slowclose", "connect-delay"
@@ -3315,7 +3398,7 @@ fault_parse(const char *spec, struct fault *f, char *err, size_t errlen)
 static struct fault *
 fault_find(struct fault *head, const struct fault *stop, const char *name)
 {
-	for (; head != stop; head = head->next)
+	for (; head != NULL && head != stop; head = head->next)
 		if (!head->dead && strcmp(head->name, name) == 0)
 			return head;
 	return NULL;
@@ -4048,6 +4131,935 @@ faults_expire(struct tcpproxy *p)
 	}
 }
 
+/* ---- down and up ---- */
+
+/*
+ * Takes the listeners of svc down in mode: REFUSE keeps the port bound
+ * but not listening (connects are refused, nobody else can bind it),
+ * TIMEOUT leaves a backlog of 0 unaccepted (handshakes go unanswered),
+ * HANG and RESET keep accepting (bridge_open acts on them).  Returns 0,
+ * or -1 with the reason in err.
+ */
+static int
+service_down(struct tcpproxy *p, struct service *svc, int mode, char *err,
+    size_t errlen)
+{
+	size_t i;
+
+	if (svc->down != DOWN_NONE && service_up(p, svc, err, errlen) == -1)
+		return -1;
+	for (i = 0; i < p->nlisten; i++) {
+		struct listener *l = &p->lis[i];
+		const struct sockaddr *sa = (const struct sockaddr *)&l->a.ss;
+		int fd, one = 1;
+
+		if (l->svc != svc || l->fd < 0)
+			continue;
+		if (mode == DOWN_TIMEOUT) {
+			(void)listen(l->fd, 0);
+			continue;
+		}
+		if (mode != DOWN_REFUSE)
+			continue;
+		/* A bound socket that never listens holds the port. */
+		if ((fd = socket(sa->sa_family, SOCK_STREAM | SOCK_FLAGS, 0)) ==
+		    -1)
+			return failed(err, errlen, errno, "down: %s",
+			    strerror(errno));
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
+		    sizeof(one));
+#ifdef IPV6_V6ONLY
+		if (sa->sa_family == AF_INET6)
+			(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
+			    sizeof(one));
+#endif
+		listener_close(l);
+		if ((SOCK_FLAGS == 0 && fd_prepare(fd) == -1) ||
+		    bind(fd, sa, l->a.len) == -1) {
+			int saved = errno;
+
+			fd_close(fd);
+			return failed(err, errlen, saved, "down: cannot bind "
+			    "%s again: %s", l->a.name, strerror(saved));
+		}
+		l->fd = fd;
+		l->owner = getpid();
+	}
+	svc->down = mode;
+	listeners_update(p);
+	say(p, TCPPROXY_LOG_ERROR, "down %s%s", down_modes[mode], svc->tag);
+	return 0;
+}
+
+/* Brings the listeners of svc up again; 0, or -1 with err. */
+static int
+service_up(struct tcpproxy *p, struct service *svc, char *err,
+    size_t errlen)
+{
+	size_t i;
+
+	for (i = 0; i < p->nlisten; i++) {
+		struct listener *l = &p->lis[i];
+
+		if (l->svc != svc || l->fd < 0 ||
+		    (svc->down != DOWN_REFUSE && svc->down != DOWN_TIMEOUT))
+			continue;
+		if (listen(l->fd, TCPPROXY_BACKLOG) == -1)
+			return failed(err, errlen, errno, "up: cannot listen on "
+			    "%s: %s", l->a.name, strerror(errno));
+	}
+	if (svc->down != DOWN_NONE)
+		say(p, TCPPROXY_LOG_ERROR, "up%s", svc->tag);
+	svc->down = DOWN_NONE;
+	listeners_update(p);
+	return 0;
+}
+
+/* Ends the open bridges of svc (all with svc NULL): 0 keep, 1 close,
+ * 2 reset; returns how many. */
+static unsigned long
+bridges_end(struct tcpproxy *p, const struct service *svc, int how,
+    unsigned long id)
+{
+	unsigned long n = 0;
+	size_t k;
+
+	/* From the last: a closed bridge's slot gets one already done. */
+	for (k = p->nbridges; k-- > 0 && how > 0;) {
+		struct bridge *b = p->tab[k];
+
+		if ((svc != NULL && b->svc->st != svc->st) ||
+		    (id != 0 && b->id != id))
+			continue;
+		fault_abort(b, how == 2);
+		n++;
+		(void)bridge_settle(p, b);
+	}
+	return n;
+}
+
+/* ---- the control socket ---- */
+
+/*
+ * A client of the control socket sends lines; each request is one line,
+ * or a batch of lines between "begin" and "end" applied in one loop
+ * round, all or none.  Each gets zero or more data lines, then exactly
+ * one status line, "ok[ TEXT]" or "error: MESSAGE"; data lines never
+ * start with either.  A "wait" answers only once its condition holds or
+ * its time is up.
+ */
+
+/* Appends formatted text to the reply of c; out of memory drops it. */
+static void
+ctl_printf(struct ctl *c, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (c->out == NULL) {
+		if ((c->out = malloc(256)) == NULL)
+			return;
+		c->outcap = 256;
+	}
+	for (;;) {
+		size_t room = c->outcap - c->outlen;
+
+		va_start(ap, fmt);
+		n = vsnprintf(c->out + c->outlen, room, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if ((size_t)n < room) {
+			c->outlen += (size_t)n;
+			return;
+		}
+		{
+			size_t cap = c->outcap * 2 + (size_t)n + 256;
+			char *o;
+
+			if (cap > TCPPROXY_CTL_OUT_MAX ||
+			    (o = realloc(c->out, cap)) == NULL)
+				return;
+			c->out = o;
+			c->outcap = cap;
+		}
+	}
+}
+
+/* Splits a control line into words, in place: blanks, "..." quotes. */
+static int
+ctl_split(char *s, char *words[], int max)
+{
+	return line_split(s, words, max);
+}
+
+/*
+ * Resolves the optional SERVICE word at words[*i]: a live service of
+ * that name (the word is used up), or the only live service.  Returns
+ * it, or NULL with the reason in err.
+ */
+static struct service *
+ctl_service(struct tcpproxy *p, char *words[], int n, int *i, char *err,
+    size_t errlen)
+{
+	struct service *svc;
+
+	if (*i < n)
+		for (svc = p->services; svc != NULL && !svc->retired;
+		    svc = svc->next)
+			if (strcmp(svc->name, words[*i]) == 0) {
+				(*i)++;
+				return svc;
+			}
+	if (p->nlive == 1)
+		return p->services;
+	(void)fail(err, errlen, EINVAL, "several services: name one first");
+	return NULL;
+}
+
+/* The counters a wait condition can read, of svc or (NULL) of all. */
+static int
+ctl_counter(const struct tcpproxy *p, const struct service *one,
+    const char *name, unsigned long long *v)
+{
+	const struct service *svc;
+	const struct fault *f;
+	int known = 0;
+
+	*v = 0;
+	for (svc = p->services; svc != NULL && !svc->retired;
+	    svc = svc->next) {
+		if (one != NULL && svc != one)
+			continue;
+		if (strncmp(name, "fired:", 6) == 0) {
+			for (f = svc->faults; f != NULL; f = f->next)
+				if (strcmp(f->name, name + 6) == 0) {
+					*v += f->fired;
+					known = 1;
+				}
+			continue;
+		}
+		known = 1;
+		if (strcmp(name, "open") == 0)
+			*v += svc->st->open;
+		else if (strcmp(name, "accepted") == 0)
+			*v += svc->st->total;
+		else if (strcmp(name, "refused") == 0)
+			*v += svc->st->refused;
+		else if (strcmp(name, "failed") == 0)
+			*v += svc->st->failed;
+		else if (strcmp(name, "queued") == 0)
+			*v += svc->st->queued;
+		else if (strcmp(name, "closed") == 0)
+			*v += svc->st->total - svc->st->open;
+		else
+			return -1;
+	}
+	return known ? 0 : -1;
+}
+
+/*
+ * Evaluates a wait condition, [SERVICE:]COUNTER OP NUMBER.  Returns 1 if
+ * it holds, 0 if not, -1 if it cannot be read (err says why); *now gets
+ * the counter's value.
+ */
+static int
+ctl_cond(struct tcpproxy *p, const char *expr, unsigned long long *now,
+    char *err, size_t errlen)
+{
+	static const char *const ops[] = { ">=", "<=", "!=", "==", ">", "<",
+	    "=" };
+	char name[128];
+	const char *op = NULL, *colon;
+	const struct service *svc = NULL;
+	unsigned long long want;
+	size_t i, k, len;
+	char *end;
+
+	for (i = 0; expr[i] != '\0' && op == NULL; i++)
+		for (k = 0; k < sizeof(ops) / sizeof(ops[0]); k++)
+			if (strncmp(expr + i, ops[k], strlen(ops[k])) == 0) {
+				op = ops[k];
+				break;
+			}
+	if (op == NULL || i == 1 || i - 1 >= sizeof(name))
+		return failed(err, errlen, EINVAL, "invalid condition '%s': "
+		    "not COUNTER OP NUMBER", expr);
+	len = i - 1;
+	memcpy(name, expr, len);
+	name[len] = '\0';
+	if ((colon = strchr(name, ':')) != NULL &&
+	    strncmp(name, "fired:", 6) != 0) {
+		const struct service *s2;
+
+		for (s2 = p->services; s2 != NULL && !s2->retired;
+		    s2 = s2->next)
+			if (strncmp(s2->name, name, (size_t)(colon - name)) ==
+			    0 && s2->name[colon - name] == '\0')
+				svc = s2;
+		if (svc == NULL)
+			return failed(err, errlen, EINVAL, "unknown service "
+			    "in '%s'", expr);
+		memmove(name, colon + 1, strlen(colon + 1) + 1);
+	}
+	errno = 0;
+	want = strtoull(expr + len + strlen(op), &end, 10);
+	if (*end != '\0' || errno != 0 || end == expr + len + strlen(op))
+		return failed(err, errlen, EINVAL, "invalid number in '%s'",
+		    expr);
+	if (ctl_counter(p, svc, name, now) == -1)
+		return failed(err, errlen, EINVAL, "unknown counter '%s' (open, "
+		    "accepted, closed, refused, failed, queued, fired:FAULT)",
+		    name);
+	switch (op[0]) {
+	case '>': return op[1] == '=' ? *now >= want : *now > want;
+	case '<': return op[1] == '=' ? *now <= want : *now < want;
+	case '!': return *now != want;
+	default: return *now == want;
+	}
+}
+
+/* Lists the faults of every live service, one data line each. */
+static void
+ctl_list(struct tcpproxy *p, struct ctl *c)
+{
+	const struct service *svc;
+	const struct fault *f;
+
+	for (svc = p->services; svc != NULL && !svc->retired; svc = svc->next)
+		for (f = svc->faults; f != NULL; f = f->next)
+			ctl_printf(c, "fault service=%s name=%s fired=%lu spec=%s"
+			    "\n", svc->name, f->name, f->fired, f->spec);
+}
+
+/* One data line per open bridge. */
+static void
+ctl_conns(struct tcpproxy *p, struct ctl *c)
+{
+	size_t k;
+
+	for (k = 0; k < p->nbridges; k++) {
+		const struct bridge *b = p->tab[k];
+
+		ctl_printf(c, "conn id=%lu service=%s client=%s backend=%s "
+		    "up=%llu down=%llu age=%.3f\n", b->id, b->svc->name,
+		    b->client, b->be != NULL ? b->be->name : "-",
+		    b->flow[CLIENT].bytes, b->flow[SERVER].bytes,
+		    (double)(p->now - b->start_ms) / 1000.0);
+	}
+}
+
+/* Adds a fault to svc, and to its open bridges.  0, or -1 with err. */
+static int
+ctl_add(struct tcpproxy *p, struct service *svc, const char *spec,
+    int apply, char *err, size_t errlen)
+{
+	struct fault *f, **pp;
+	char msg[160];
+	size_t k;
+
+	if ((f = calloc(1, sizeof(*f))) == NULL)
+		return failed(err, errlen, ENOMEM, "out of memory");
+	if (fault_parse(spec, f, msg, sizeof(msg)) == -1) {
+		free(f);
+		return failed(err, errlen, EINVAL, "%s", msg);
+	}
+	if (fault_name_unique(svc->faults, f) == -1) {
+		failed(err, errlen, EEXIST, "fault name '%s' is in use",
+		    f->name);
+		free(f);
+		return -1;
+	}
+	if (!apply) {
+		free(f);
+		return 0;
+	}
+	f->refs = 1;
+	for (pp = &svc->faults; *pp != NULL; pp = &(*pp)->next)
+		;
+	*pp = f;
+	snprintf(err, errlen, "%s", f->name);
+	/* The bridges already open meet it too, from now on. */
+	for (k = p->nbridges; k-- > 0;) {
+		struct bridge *b = p->tab[k];
+
+		if (b->svc != svc || b->state == BRIDGE_QUEUED ||
+		    b->state == BRIDGE_PREAMBLE)
+			continue;
+		if (fault_attach(p, b, f) == 0)
+			(void)bridge_settle(p, b);
+	}
+	return 0;
+}
+
+/* Lets the bridges of svc go on without what dead faults held. */
+static void
+faults_lift(struct tcpproxy *p, const struct service *svc)
+{
+	size_t k;
+	int s;
+
+	for (k = p->nbridges; k-- > 0;) {
+		struct bridge *b = p->tab[k];
+		struct faults *fx = b->fx;
+
+		if (b->svc != svc || fx == NULL)
+			continue;
+		for (s = CLIENT; s <= SERVER; s++) {
+			fx->mlen[s] = 0;
+			fx->released[s] = fx->queued[s];
+			if (fx->eof_at[s] != 0)
+				fx->eof_at[s] = p->now;
+		}
+		if (fx->connect_at != 0)
+			fx->connect_at = p->now;
+		(void)heap_set(p, b, p->now);
+	}
+}
+
+/* Deletes the faults of svc called name ("*": all); 0 or -1 with err. */
+static int
+ctl_del(struct tcpproxy *p, struct service *svc, const char *name,
+    int apply, char *err, size_t errlen)
+{
+	struct fault **pp = &svc->faults, *f;
+	int found = 0;
+
+	while ((f = *pp) != NULL) {
+		if (strcmp(name, "*") != 0 && strcmp(f->name, name) != 0) {
+			pp = &f->next;
+			continue;
+		}
+		found = 1;
+		if (!apply) {
+			pp = &f->next;
+			continue;
+		}
+		*pp = f->next;
+		f->dead = 1;
+		fault_put(f);
+	}
+	if (!found && strcmp(name, "*") != 0)
+		return failed(err, errlen, ENOENT, "no fault '%s'", name);
+	if (apply)
+		faults_lift(p, svc);
+	return 0;
+}
+
+/* Parses "existing=keep|close|reset"; returns 0, 1, 2, or -1. */
+static int
+ctl_existing(const char *w)
+{
+	if (strcmp(w, "existing=keep") == 0)
+		return 0;
+	if (strcmp(w, "existing=close") == 0)
+		return 1;
+	if (strcmp(w, "existing=reset") == 0)
+		return 2;
+	return -1;
+}
+
+/*
+ * Runs one command, words[0..n): checks it only (apply 0: it must then
+ * change nothing) or does it.  Data lines go to c; returns 0 with an
+ * optional text for the ok line in err, or -1 with the reason in err.
+ * A wait that does not hold yet returns 1.
+ */
+static int
+ctl_run(struct tcpproxy *p, struct ctl *c, char *words[], int n, int apply,
+    char *err, size_t errlen)
+{
+	struct service *svc = NULL, *s2;
+	const char *cmd = n > 0 ? words[0] : "";
+	int i = 1, m, how = 0;
+
+	err[0] = '\0';
+	if (strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0 ||
+	    strcmp(cmd, "down") == 0 || strcmp(cmd, "up") == 0) {
+		if ((svc = ctl_service(p, words, n, &i, err, errlen)) == NULL)
+			return -1;
+	}
+	if (strcmp(cmd, "add") == 0) {
+		if (i + 1 != n)
+			return failed(err, errlen, EINVAL, "usage: add [SERVICE] "
+			    "SPEC");
+		return ctl_add(p, svc, words[i], apply, err, errlen);
+	}
+	if (strcmp(cmd, "del") == 0) {
+		if (i + 1 != n)
+			return failed(err, errlen, EINVAL, "usage: del [SERVICE] "
+			    "NAME|*");
+		return ctl_del(p, svc, words[i], apply, err, errlen);
+	}
+	if (strcmp(cmd, "down") == 0) {
+		for (m = 1; m < DOWN_NMODES; m++)
+			if (i < n && strcmp(words[i], down_modes[m]) == 0)
+				break;
+		if (m == DOWN_NMODES)
+			return failed(err, errlen, EINVAL, "unknown down mode "
+			    "'%s' (refuse, hang, reset, timeout)", i < n ?
+			    words[i] : "");
+		if (i + 1 < n && (how = ctl_existing(words[i + 1])) == -1)
+			return failed(err, errlen, EINVAL, "invalid '%s': not "
+			    "existing=keep|close|reset", words[i + 1]);
+		if (i + 2 < n)
+			return failed(err, errlen, EINVAL, "extra word '%s'",
+			    words[i + 2]);
+		if (!apply)
+			return 0;
+		if (service_down(p, svc, m, err, errlen) == -1)
+			return -1;
+		(void)bridges_end(p, svc, how, 0);
+		return 0;
+	}
+	if (strcmp(cmd, "up") == 0) {
+		if (i != n)
+			return failed(err, errlen, EINVAL, "extra word '%s'",
+			    words[i]);
+		return apply ? service_up(p, svc, err, errlen) : 0;
+	}
+	if (strcmp(cmd, "reset") == 0 && n == 1) {
+		if (!apply)
+			return 0;
+		for (s2 = p->services; s2 != NULL && !s2->retired;
+		    s2 = s2->next) {
+			(void)ctl_del(p, s2, "*", 1, err, errlen);
+			if (service_up(p, s2, err, errlen) == -1)
+				return -1;
+		}
+		err[0] = '\0';
+		return 0;
+	}
+	if ((strcmp(cmd, "list") == 0 || strcmp(cmd, "stats") == 0 ||
+	    strcmp(cmd, "conns") == 0) && n == 1) {
+		if (!apply)
+			return 0;
+		if (cmd[0] == 'l')
+			ctl_list(p, c);
+		else if (cmd[0] == 'c')
+			ctl_conns(p, c);
+		else
+			ctl_stats(p, c);
+		return 0;
+	}
+	if (strcmp(cmd, "kill") == 0 && (n == 2 || (n == 3 &&
+	    strcmp(words[2], "reset") == 0))) {
+		unsigned long id = 0;
+		char *end;
+
+		if (strcmp(words[1], "all") != 0 &&
+		    ((id = strtoul(words[1], &end, 10)) == 0 || *end != '\0'))
+			return failed(err, errlen, EINVAL, "invalid bridge id "
+			    "'%s'", words[1]);
+		if (!apply)
+			return 0;
+		snprintf(err, errlen, "%lu", bridges_end(p, NULL, n == 3 ? 2 : 1,
+		    id));
+		return 0;
+	}
+	if (strcmp(cmd, "seed") == 0 && n == 2) {
+		char *end;
+		unsigned long long v;
+
+		errno = 0;
+		v = strtoull(words[1], &end, 10);
+		if (*end != '\0' || errno != 0 || words[1][0] < '0' ||
+		    words[1][0] > '9')
+			return failed(err, errlen, EINVAL, "invalid seed '%s'",
+			    words[1]);
+		if (apply)
+			p->fault_seed = v;
+		return 0;
+	}
+	if (strcmp(cmd, "wait") == 0 && (n == 2 || n == 3)) {
+		unsigned long long v;
+		long long ms = TCPPROXY_WAIT_TIMEOUT;
+		int r;
+
+		if (n == 3 && (strncmp(words[2], "timeout=", 8) != 0 ||
+		    fault_time(words[2] + 8, &ms) == -1))
+			return failed(err, errlen, EINVAL, "invalid '%s': not "
+			    "timeout=SECS", words[2]);
+		if ((r = ctl_cond(p, words[1], &v, err, errlen)) == -1)
+			return -1;
+		if (!apply)
+			return 0;
+		if (r == 1) {
+			snprintf(err, errlen, "%llu", v);
+			return 0;
+		}
+		snprintf(c->wait, sizeof(c->wait), "%s", words[1]);
+		c->wait_until = p->now + ms;
+		return 1;
+	}
+	if ((strcmp(cmd, "reload") == 0 || strcmp(cmd, "stop") == 0) &&
+	    n == 1) {
+		if (cmd[2] == 'l' && p->cfg.on_reload == NULL)
+			return failed(err, errlen, ENOTSUP, "reload: nothing to "
+			    "reload from");
+		if (!apply)
+			return 0;
+		if (cmd[2] == 'o') {
+			tcpproxy_stop(p);
+			return 0;
+		}
+		c->reload = 1;	/* at the end of the round: see ctl_round */
+		return 1;
+	}
+	return failed(err, errlen, EINVAL, "unknown command '%s' (add, del, "
+	    "list, down, up, reset, stats, conns, kill, wait, seed, reload, "
+	    "stop)", cmd);
+}
+
+/* The stats lines of the services and backends, then the faults'. */
+static void
+ctl_stats(struct tcpproxy *p, struct ctl *c)
+{
+	struct tcpproxy_stats *st;
+	char line[512];
+	size_t n, i;
+
+	n = tcpproxy_stats(p, NULL, 0);
+	if ((st = calloc(n + 1, sizeof(*st))) == NULL)
+		return;
+	n = tcpproxy_stats(p, st, n);
+	for (i = 0; i < n; i++) {
+		stats_line(p, &st[i], line, sizeof(line));
+		ctl_printf(c, "%s\n", line);
+	}
+	free(st);
+	ctl_list(p, c);
+}
+
+/* Closes control connection c. */
+static void
+ctl_close(struct tcpproxy *p, struct ctl *c)
+{
+	fd_close(c->fd);
+	free(c->out);
+	memset(c, 0, sizeof(*c));
+	c->fd = -1;
+	(void)p;
+}
+
+/* Ends the reply to c with its status line. */
+static void
+ctl_status(struct ctl *c, int rc, const char *text)
+{
+	if (rc == -1)
+		ctl_printf(c, "error: %s\n", text);
+	else if (text[0] != '\0')
+		ctl_printf(c, "ok %s\n", text);
+	else
+		ctl_printf(c, "ok\n");
+}
+
+/*
+ * Runs the batch of lines[0..n): every command is checked first, and
+ * only if all are good are they all done, in this one round.
+ */
+static void
+ctl_batch(struct tcpproxy *p, struct ctl *c, char *lines[], int n)
+{
+	char err[256], *words[64], copy[TCPPROXY_CTL_LINE];
+	int k, nw, pass;
+
+	for (pass = 0; pass < 2; pass++)
+		for (k = 0; k < n; k++) {
+			snprintf(copy, sizeof(copy), "%s", lines[k]);
+			nw = ctl_split(copy, words, 64);
+			if (nw > 0 && (strcmp(words[0], "wait") == 0 ||
+			    strcmp(words[0], "reload") == 0)) {
+				ctl_status(c, -1, "wait and reload cannot be "
+				    "in a batch");
+				return;
+			}
+			if (nw < 0 || ctl_run(p, c, words, nw, pass, err,
+			    sizeof(err)) == -1) {
+				char msg[300];
+
+				snprintf(msg, sizeof(msg), "line %d: %s", k + 1,
+				    nw < 0 ? "unterminated quote" : err);
+				ctl_status(c, -1, msg);
+				return;
+			}
+		}
+	ctl_status(c, 0, "");
+}
+
+/* Handles one complete line from c. */
+static void
+ctl_line(struct tcpproxy *p, struct ctl *c, char *line)
+{
+	char err[256], *words[64];
+	int n, rc;
+
+	if (c->batch >= 0) {
+		if (strcmp(line, "end") == 0) {
+			ctl_batch(p, c, c->lines, c->batch);
+			c->batch = -1;
+			c->nbatch = 0;
+			return;
+		}
+		if (line[0] == '\0')
+			return;
+		if (c->batch == TCPPROXY_CTL_BATCH ||
+		    c->nbatch + strlen(line) + 1 > sizeof(c->batchbuf)) {
+			c->batch = -1;
+			c->nbatch = 0;
+			ctl_status(c, -1, "batch too long");
+			return;
+		}
+		c->lines[c->batch++] = memcpy(c->batchbuf + c->nbatch, line,
+		    strlen(line) + 1);
+		c->nbatch += strlen(line) + 1;
+		return;
+	}
+	if ((n = ctl_split(line, words, 64)) < 0) {
+		ctl_status(c, -1, "unterminated quote");
+		return;
+	}
+	if (n == 0)
+		return;
+	if (n == 1 && strcmp(words[0], "begin") == 0) {
+		c->batch = 0;
+		return;
+	}
+	rc = ctl_run(p, c, words, n, 1, err, sizeof(err));
+	if (rc != 1)
+		ctl_status(c, rc, err);
+}
+
+/* Reads what c sent and runs the complete lines; 0, or -1 to close. */
+static int
+ctl_read(struct tcpproxy *p, struct ctl *c)
+{
+	ssize_t n;
+
+	n = recv(c->fd, c->in + c->inlen, sizeof(c->in) - 1 - c->inlen, 0);
+	if (n < 0)
+		return errno == EINTR || WOULD_BLOCK(errno) ? 0 : -1;
+	if (n == 0) {
+		/* Its EOF: it has said all; it may still read the reply. */
+		c->eof = 1;
+		return 0;
+	}
+	c->inlen += (size_t)n;
+	c->in[c->inlen] = '\0';
+	ctl_lines(p, c);
+	if (c->inlen == sizeof(c->in) - 1) {
+		ctl_status(c, -1, "line too long");
+		c->inlen = 0;
+	}
+	return 0;
+}
+
+/* Runs the complete lines c sent, until one makes it wait. */
+static void
+ctl_lines(struct tcpproxy *p, struct ctl *c)
+{
+	char *nl;
+
+	while (c->wait[0] == '\0' && !c->reload &&
+	    (nl = memchr(c->in, '\n', c->inlen)) != NULL) {
+		size_t len = (size_t)(nl - c->in) + 1;
+
+		*nl = '\0';
+		if (nl > c->in && nl[-1] == '\r')
+			nl[-1] = '\0';
+		ctl_line(p, c, c->in);
+		memmove(c->in, c->in + len, c->inlen - len);
+		c->inlen -= len;
+		c->in[c->inlen] = '\0';
+	}
+}
+
+/* Writes what c's reply holds; 0, or -1 to close. */
+static int
+ctl_write(struct ctl *c)
+{
+	while (c->outoff < c->outlen) {
+		ssize_t n = send(c->fd, c->out + c->outoff,
+		    c->outlen - c->outoff, SEND_FLAGS);
+
+		if (n < 0)
+			return errno == EINTR || WOULD_BLOCK(errno) ? 0 : -1;
+		c->outoff += (size_t)n;
+	}
+	c->outoff = c->outlen = 0;
+	return 0;
+}
+
+/* Answers the waits whose condition holds or whose time is up. */
+static void
+ctl_waits(struct tcpproxy *p)
+{
+	size_t k;
+
+	for (k = 0; k < TCPPROXY_CTL_MAX; k++) {
+		struct ctl *c = &p->ctls[k];
+		unsigned long long v;
+		char err[256], msg[320];
+		int r;
+
+		if (c->fd < 0 || c->wait[0] == '\0')
+			continue;
+		r = ctl_cond(p, c->wait, &v, err, sizeof(err));
+		if (r == 0 && p->now < c->wait_until)
+			continue;
+		if (r == 1) {
+			snprintf(msg, sizeof(msg), "%llu", v);
+			ctl_status(c, 0, msg);
+		} else {
+			snprintf(msg, sizeof(msg), "timeout: %s is %llu",
+			    c->wait, v);
+			ctl_status(c, -1, r == -1 ? err : msg);
+		}
+		c->wait[0] = '\0';
+	}
+}
+
+/*
+ * The control socket's part of a round: accepts clients, reads and runs
+ * their commands, answers waits, does a reload asked for, and projects
+ * their interest onto their pollfds.
+ */
+static void
+ctl_round(struct tcpproxy *p)
+{
+	struct pollfd *pfd = &p->pfd[p->ctl_slot];
+	size_t k;
+
+	if (p->ctl_fd < 0)
+		return;
+	if (pfd[0].revents != 0) {
+		int fd;
+
+		for (k = 0; k < TCPPROXY_CTL_MAX && p->ctls[k].fd >= 0; k++)
+			;
+		if (k < TCPPROXY_CTL_MAX &&
+		    (fd = accept_ready(p->ctl_fd, NULL, NULL)) >= 0) {
+			if (SOCK_FLAGS == 0 && fd_prepare(fd) == -1) {
+				fd_close(fd);
+			} else {
+				memset(&p->ctls[k], 0, sizeof(p->ctls[k]));
+				p->ctls[k].fd = fd;
+				p->ctls[k].batch = -1;
+			}
+		}
+	}
+	for (k = 0; k < TCPPROXY_CTL_MAX; k++) {
+		struct ctl *c = &p->ctls[k];
+		short rev = pfd[1 + k].revents;
+
+		if (c->fd < 0)
+			continue;
+		if ((rev & (POLLIN | POLLHUP | POLLERR)) && !c->eof &&
+		    ctl_read(p, c) == -1) {
+			ctl_close(p, c);
+			continue;
+		}
+		if (c->reload) {
+			char err[256] = "";
+			int rc = p->cfg.on_reload(p->cfg.reload_user, err,
+			    sizeof(err));
+
+			/* A reload moves the pollfds. */
+			pfd = &p->pfd[p->ctl_slot];
+			c->reload = 0;
+			ctl_status(c, rc == 0 ? 0 : -1, err);
+			ctl_lines(p, c);
+		}
+	}
+	ctl_waits(p);
+	for (k = 0; k < TCPPROXY_CTL_MAX; k++) {
+		struct ctl *c = &p->ctls[k];
+
+		if (c->fd >= 0 && c->wait[0] == '\0')
+			ctl_lines(p, c);
+		if (c->fd >= 0 && ctl_write(c) == -1)
+			ctl_close(p, c);
+		/* Done: it said all and has every answer. */
+		if (c->fd >= 0 && c->eof && c->outlen == 0 &&
+		    c->wait[0] == '\0')
+			ctl_close(p, c);
+	}
+	ctl_project(p);
+}
+
+/* Projects the control clients' interest onto their pollfds. */
+static void
+ctl_project(struct tcpproxy *p)
+{
+	struct pollfd *pfd = &p->pfd[p->ctl_slot];
+	size_t k, n = 0;
+
+	if (p->ctl_fd < 0)
+		return;
+	for (k = 0; k < TCPPROXY_CTL_MAX; k++)
+		n += p->ctls[k].fd >= 0;
+	pfd[0].fd = n < TCPPROXY_CTL_MAX ? p->ctl_fd : -1;
+	pfd[0].events = POLLIN;
+	for (k = 0; k < TCPPROXY_CTL_MAX; k++) {
+		struct ctl *c = &p->ctls[k];
+
+		pfd[1 + k].events = (short)((c->eof || c->wait[0] != '\0' ?
+		    0 : POLLIN) | (c->outlen > 0 ? POLLOUT : 0));
+		pfd[1 + k].fd = c->fd >= 0 && pfd[1 + k].events ? c->fd : -1;
+		pfd[1 + k].revents = 0;
+	}
+	pfd[0].revents = 0;
+}
+
+/* Opens the control socket at path (mode 0600); 0, or -1 with err. */
+static int
+ctl_open(struct tcpproxy *p, const char *path, char *err, size_t errlen)
+{
+	struct addr *a;
+	size_t n;
+
+	if ((a = addrs_resolve(path, NULL, 1, &n, err, errlen)) == NULL)
+		return -1;
+	p->ctl_addr = a[0];
+	free(a);
+	if ((p->ctl_fd = listen_on((struct sockaddr *)&p->ctl_addr.ss,
+	    p->ctl_addr.len, 0600)) == -1)
+		return failed(err, errlen, errno, "cannot listen on control "
+		    "socket %s: %s", path, strerror(errno));
+	p->ctl_owner = getpid();
+	return 0;
+}
+
+/* Closes the control socket and its clients, removing its file. */
+static void
+ctl_free(struct tcpproxy *p)
+{
+	size_t k;
+
+	for (k = 0; k < TCPPROXY_CTL_MAX; k++)
+		if (p->ctls[k].fd >= 0)
+			ctl_close(p, &p->ctls[k]);
+	if (p->ctl_fd >= 0 && p->ctl_owner == getpid())
+		(void)unlink(((struct sockaddr_un *)(void *)&p->ctl_addr.ss)->
+		    sun_path);
+	fd_close(p->ctl_fd);
+	p->ctl_fd = -1;
+}
+
+/* Returns the deadline of the earliest wait, or -1. */
+static long long
+ctl_deadline(const struct tcpproxy *p)
+{
+	long long when = -1;
+	size_t k;
+
+	for (k = 0; k < TCPPROXY_CTL_MAX && p->ctl_fd >= 0; k++)
+		if (p->ctls[k].fd >= 0 && p->ctls[k].wait[0] != '\0' &&
+		    (when < 0 || p->ctls[k].wait_until < when))
+			when = p->ctls[k].wait_until;
+	return when;
+}
+
 /* ---- the loop ---- */
 
 /* Projects the accepting state onto the listeners' pollfds. */
@@ -4059,8 +5071,10 @@ listeners_update(struct tcpproxy *p)
 	for (i = 0; i < p->nlisten; i++) {
 		const struct listener *l = &p->lis[i];
 
+		/* Down as refuse or timeout: the kernel answers, or not. */
 		p->pfd[1 + i].fd = p->accepting == ACCEPT_ON &&
-		    !l->svc->st->full ? l->fd : -1;
+		    !l->svc->st->full && l->svc->down != DOWN_REFUSE &&
+		    l->svc->down != DOWN_TIMEOUT ? l->fd : -1;
 		p->pfd[1 + i].events = POLLIN;
 		p->pfd[1 + i].revents = 0;
 	}
@@ -4550,6 +5564,8 @@ next_timeout(const struct tcpproxy *p, int limit)
 	}
 	if (p->nheap > 0)
 		when = earlier(when, p->heap[0]->fx->due);
+	if (p->ctl_fd >= 0 && ctl_deadline(p) >= 0)
+		when = earlier(when, ctl_deadline(p));
 	if (p->stopping && !p->draining)
 		when = earlier(when, p->grace_end);
 	if (p->accepting == ACCEPT_NOFD)
@@ -4795,6 +5811,8 @@ tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 	for (i = 0; i < p->nlisten; i++)
 		if (p->pfd[1 + i].fd >= 0 && p->pfd[1 + i].revents != 0)
 			listener_accept(p, i);
+	/* Last: a wait sees the counters of this round. */
+	ctl_round(p);
 	return p->stopping && p->nbridges == 0 ? 0 : 1;
 }
 
@@ -5219,9 +6237,10 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 	    svc->bufsize < TCPPROXY_PREAMBLE_BUFFER)
 		svc->bufsize = TCPPROXY_PREAMBLE_BUFFER;
 	if (spec->keepalive)
+		/* Linux takes at most 32767 s, and ignores more. */
 		svc->keepalive = spec->keepalive_idle >= 1 ?
-		    (spec->keepalive_idle < 86400 ?
-		    (int)spec->keepalive_idle : 86400) : 1;
+		    (spec->keepalive_idle < 32767 ?
+		    (int)spec->keepalive_idle : 32767) : 1;
 	svc->socket_mode = spec->socket_mode;
 	svc->timers[TIMER_QUEUE].timeout = secs_to_ms(spec->queue_timeout < 0 ?
 	    spec->connect_timeout : spec->queue_timeout);
@@ -5711,7 +6730,8 @@ checks_plan(struct tcpproxy *p)
 			    (long long)i / (long long)(n + 1);
 		}
 	p->nchecks = n;
-	p->base = 1 + p->nlisten + n;
+	p->ctl_slot = 1 + p->nlisten + n;
+	p->base = p->ctl_slot + (p->ctl_fd >= 0 ? 1 + TCPPROXY_CTL_MAX : 0);
 }
 
 /*
@@ -5737,7 +6757,8 @@ engine_switch(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 	for (svc = head, i = 0; svc != NULL; svc = svc->next)
 		if (svc->health_check > 0)
 			i += svc->nbackends;
-	if ((pfd = calloc(1 + nlis + i + 2 * p->cap, sizeof(*pfd))) == NULL) {
+	if ((pfd = calloc(1 + nlis + i + 1 + TCPPROXY_CTL_MAX + 2 * p->cap,
+	    sizeof(*pfd))) == NULL) {
 		plan_abandon(p, lis, nlis);
 		fail(err, errlen, ENOMEM, "out of memory");
 		goto bad;
@@ -5777,6 +6798,7 @@ engine_switch(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 		    2 * p->nbridges * sizeof(*pfd));
 	free(p->pfd);
 	p->pfd = pfd;
+	ctl_project(p);
 	for (i = 0; i < p->nlisten; i++)
 		p->lis[i].kept = 0;
 	if (p->accepting != ACCEPT_OFF)
@@ -5875,6 +6897,7 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 {
 	struct tcpproxy *p;
 	int saved;
+	size_t i;
 
 	if (engine_check(cfg, err, errlen) == -1)
 		return NULL;
@@ -5892,10 +6915,16 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	    mix64((unsigned long long)getpid() << 32 ^ (unsigned long long)
 	    now_us()) >> 16;
 	p->wake[0] = p->wake[1] = -1;
+	p->ctl_fd = -1;
+	for (i = 0; i < TCPPROXY_CTL_MAX; i++)
+		p->ctls[i].fd = -1;
 	if (wake_open(p) == -1 || table_grow(p) == -1) {
 		fail(err, errlen, errno, "cannot start: %s", strerror(errno));
 		goto bad;
 	}
+	if (cfg->control != NULL && ctl_open(p, cfg->control, err, errlen) ==
+	    -1)
+		goto bad;
 	p->accepting = ACCEPT_ON;
 	if (engine_switch(p, cfg, err, errlen) == -1)
 		goto bad;
@@ -6163,22 +7192,30 @@ tcpproxy_log_stats(struct tcpproxy *p)
 	}
 	n = tcpproxy_stats(p, st, n);
 	for (i = 0; i < n; i++) {
-		if (st[i].backend == NULL)
-			say(p, TCPPROXY_LOG_ERROR, "stats service=%s%s open=%lu "
-			    "total=%llu refused=%llu failed=%llu up=%llu "
-			    "down=%llu", st[i].service, p->worker, st[i].open,
-			    st[i].total, st[i].refused, st[i].failed,
-			    st[i].bytes[0], st[i].bytes[1]);
-		else
-			say(p, TCPPROXY_LOG_ERROR, "stats service=%s%s "
-			    "backend=%s state=%s down_for=%.3f open=%lu "
-			    "total=%llu failed=%llu up=%llu down=%llu",
-			    st[i].service, p->worker, st[i].backend,
-			    st[i].down ? "down" : "up", st[i].down_for,
-			    st[i].open, st[i].total, st[i].failed,
-			    st[i].bytes[0], st[i].bytes[1]);
+		char line[512];
+
+		stats_line(p, &st[i], line, sizeof(line));
+		say(p, TCPPROXY_LOG_ERROR, "%s", line);
 	}
 	free(st);
+}
+
+/* Formats the stats line of one entry of tcpproxy_stats(). */
+static void
+stats_line(const struct tcpproxy *p, const struct tcpproxy_stats *st,
+    char *line, size_t size)
+{
+	if (st->backend == NULL)
+		snprintf(line, size, "stats service=%s%s open=%lu total=%llu "
+		    "refused=%llu failed=%llu up=%llu down=%llu", st->service,
+		    p->worker, st->open, st->total, st->refused, st->failed,
+		    st->bytes[0], st->bytes[1]);
+	else
+		snprintf(line, size, "stats service=%s%s backend=%s state=%s "
+		    "down_for=%.3f open=%lu total=%llu failed=%llu up=%llu "
+		    "down=%llu", st->service, p->worker, st->backend,
+		    st->down ? "down" : "up", st->down_for, st->open,
+		    st->total, st->failed, st->bytes[0], st->bytes[1]);
 }
 
 void
@@ -6194,6 +7231,8 @@ tcpproxy_free(struct tcpproxy *p)
 		bridge_close(p, p->tab[p->nbridges - 1]);
 	for (i = 0; i < p->nlisten; i++)
 		listener_close(&p->lis[i]);
+	ctl_free(p);
+	free(p->heap);
 	while ((svc = p->services) != NULL) {
 		p->services = svc->next;
 		service_free(svc);

@@ -328,19 +328,39 @@ text_lines(const char *text, size_t len)
 	return n;
 }
 
+/* Returns whether two strings, either maybe NULL, are the same. */
+static int
+same_str(const char *a, const char *b)
+{
+	return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
 static void
 check_service(const struct tcpproxy_service *s, const char *file,
     unsigned long lines)
 {
 	size_t i;
 
-	CHECK(s->local_host != NULL && s->local_port != NULL);
-	CHECK(port_known(s->local_port, 1));
+	/* A port, or a Unix socket's path that fits, as the host. */
+	CHECK(s->local_host != NULL);
+	CHECK(s->local_port != NULL ? port_known(s->local_port, 1) :
+	    unix_path_ok(s->local_host));
 	CHECK(s->nbackends >= 1 && s->backends != NULL);
-	for (i = 0; i < s->nbackends; i++) {
-		CHECK(s->backends[i].host != NULL &&
-		    s->backends[i].port != NULL);
-		CHECK(port_known(s->backends[i].port, 0));
+	for (i = 0; i < s->nbackends + s->nroutes; i++) {
+		const struct tcpproxy_backend *be = i < s->nbackends ?
+		    &s->backends[i] : &s->routes[i - s->nbackends].backend;
+
+		CHECK(be->host != NULL);
+		CHECK(be->port != NULL ? port_known(be->port, 0) :
+		    unix_path_ok(be->host));
+	}
+	for (i = 0; i < s->nroutes; i++)
+		CHECK(sni_pattern_ok(s->routes[i].pattern));
+	for (i = 0; i < s->nfaults; i++) {
+		struct fault f;
+		char e[160];
+
+		CHECK(fault_parse(s->faults[i], &f, e, sizeof(e)) == 0);
 	}
 	CHECK(s->nallow == 0 || s->allow != NULL);
 	CHECK(s->ndeny == 0 || s->deny != NULL);
@@ -662,14 +682,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				size_t k;
 
 				CHECK(strcmp(x->local_host, y->local_host) == 0);
-				CHECK(strcmp(x->local_port, y->local_port) == 0);
+				CHECK(same_str(x->local_port, y->local_port));
 				CHECK(strcmp(x->where, y->where) == 0);
 				CHECK(x->nbackends == y->nbackends);
 				for (k = 0; k < x->nbackends; k++) {
 					CHECK(strcmp(x->backends[k].host,
 					    y->backends[k].host) == 0);
-					CHECK(strcmp(x->backends[k].port,
-					    y->backends[k].port) == 0);
+					CHECK(same_str(x->backends[k].port,
+					    y->backends[k].port));
 				}
 				CHECK(x->ndeny >= y->ndeny &&
 				    x->nallow >= y->nallow);

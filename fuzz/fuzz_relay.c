@@ -73,6 +73,13 @@
 #define CHUNK		4096
 #define MAXLOG		(1024 * 1024)
 
+/* The port of an address of the engine's. */
+static int
+addr_port(const struct addr *a)
+{
+	return sa_port((const struct sockaddr *)&a->ss);
+}
+
 #define CHECK(x) do { if (!(x)) { \
 	fprintf(stderr, "fuzz_relay: check failed at line %d: %s\n", \
 	    __LINE__, #x); abort(); } } while (0)
@@ -394,15 +401,21 @@ check_state(void)
 		CHECK(b->fd[SERVER] == -1 ||
 		    fcntl(b->fd[SERVER], F_GETFD) != -1);
 		/* The explicit state and what it implies. */
-		CHECK(b->state <= BRIDGE_OPEN);
+		CHECK(b->state <= BRIDGE_PREAMBLE);
 		CHECK((b->state == BRIDGE_WAIT_FD) == (b->timer == TIMER_FDWAIT));
-		CHECK(b->state != BRIDGE_WAIT_FD || b->fd[SERVER] == -1);
-		CHECK(b->state == BRIDGE_WAIT_FD || b->fd[SERVER] >= 0);
+		CHECK((b->state == BRIDGE_QUEUED) == (b->timer == TIMER_QUEUE));
+		/* A server socket exactly while connecting or open. */
+		CHECK((b->state == BRIDGE_CONNECTING ||
+		    b->state == BRIDGE_OPEN) == (b->fd[SERVER] >= 0));
 		/* A bridge points at a service holding a reference for it,
-		 * and at one of that service's backends. */
+		 * and, once it has a place, at one of its backends. */
 		CHECK(b->svc != NULL && b->svc->refs >= 1);
-		CHECK(b->be != NULL && b->be->open >= 1);
-		CHECK(b->addr <= b->be->naddrs);
+		if (b->state == BRIDGE_QUEUED || b->state == BRIDGE_PREAMBLE) {
+			CHECK(b->be == NULL);
+		} else {
+			CHECK(b->be != NULL && b->be->open >= 1);
+			CHECK(b->addr <= b->be->naddrs);
+		}
 		for (s = CLIENT; s <= SERVER; s++) {
 			struct pollfd *pfd = slot_pfd(p, k, s);
 			const struct flow *f = &b->flow[s];
@@ -427,7 +440,7 @@ check_state(void)
 		for (k = 0; k < p->nbridges; k++)
 			open += p->tab[k]->svc == svc;
 		CHECK(svc->refs == open + !svc->retired);
-		for (t = TIMER_CONNECT; t <= TIMER_IDLE; t++) {
+		for (t = TIMER_CONNECT; t < TIMER_FDWAIT; t++) {
 			struct bridge *b, *prev = NULL;
 
 			for (b = svc->timers[t].head; b != NULL; b = b->next) {
