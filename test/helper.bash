@@ -326,3 +326,133 @@ restart_backend() {
 	WAIT_INTERVAL=$FAST_POLL_INTERVAL wait_for 10 is_gone "$pid"
 	start_backend -p "$port" "$@"
 }
+
+# ---- networks (issue 10) ----
+
+# need_cmd CMD...: skips the test unless every CMD is on PATH (.ci/run
+# installs them from Debian's packages).
+need_cmd() {
+	local c
+	for c in "$@"; do
+		command -v "$c" >/dev/null 2>&1 ||
+		    skip "needs $c (not installed)"
+	done
+}
+
+# is_listening PORT [NETNS]: something listens on TCP PORT (in the
+# network namespace NETNS), by ss: a readiness check that makes no
+# connection of its own, so no server logs one.
+is_listening() {
+	local in=
+	[ -z "${2:-}" ] || in="ip netns exec $2"
+	$in ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
+}
+
+# hex_bytes HEX...: writes the bytes spelled in hex (spaces ignored),
+# NULs included.
+hex_bytes() {
+	local h out= i
+	h=$(printf '%s' "$*" | tr -d ' \n')
+	for ((i = 0; i < ${#h}; i += 2)); do
+		out+="\\x${h:i:2}"
+	done
+	printf "$out"
+}
+
+# is_listening_unix PATH: something listens on the Unix socket PATH.
+is_listening_unix() {
+	ss -Hlx 2>/dev/null | awk -v p="$1" '$5 == p { f = 1 } END { exit !f }'
+}
+
+# start_server NAME GEN: starts a server that cannot be given port 0
+# (haproxy, nginx, openssl s_server, python3 -m http.server).  GEN, a
+# function, picks its ports with free_port, writes any config they go
+# in, and sets SERVER_CMD (an array: the command line), SERVER_PORTS
+# (the TCP ports it must listen on) and SERVER_SOCKETS (Unix socket
+# paths, likewise).  The server runs like spawn's (NAME.out, NAME.err;
+# in the network namespace NETNS if set); start_server waits until it
+# listens on all of them and sets SERVER_PID.  A free port may be taken
+# (as the local port of someone's outgoing connection) before the server
+# binds it, so a server that exits first is started again with new
+# ports, 5 times at most.
+start_server() {
+	local name=$1 gen=$2 try
+	for try in 1 2 3 4 5; do
+		SERVER_PORTS=() SERVER_SOCKETS=()
+		"$gen"
+		spawn single "$name" ${NETNS:+ip netns exec $NETNS} \
+		    "${SERVER_CMD[@]}"
+		SERVER_PID=$SPAWNED
+		wait_for 10 server_up || break
+		is_gone "$SERVER_PID" || return 0
+		echo "start_server: $name exited (try $try):" >&2
+		tail -n 3 "$T/$name.err" >&2
+	done
+	echo "start_server: $name did not start:" >&2
+	cat "$T/$name.err" >&2
+	return 1
+}
+
+# server_up: SERVER_PID has exited, or it listens on all of
+# SERVER_PORTS and SERVER_SOCKETS.
+server_up() {
+	local port path
+	is_gone "$SERVER_PID" && return 0
+	for port in ${SERVER_PORTS[@]+"${SERVER_PORTS[@]}"}; do
+		is_listening "$port" ${NETNS:-} || return 1
+	done
+	for path in ${SERVER_SOCKETS[@]+"${SERVER_SOCKETS[@]}"}; do
+		is_listening_unix "$path" || return 1
+	done
+}
+
+# start_haproxy GEN: haproxy -db -f $T/haproxy.cfg, which GEN writes (and
+# sets SERVER_PORTS), by start_server.  Its stdout, the log when the
+# config says "log stdout", is HAPROXY_OUT.
+start_haproxy() {
+	HAPROXY_GEN=$1
+	start_server haproxy haproxy_gen
+	HAPROXY_OUT=$T/haproxy.out
+}
+
+haproxy_gen() {
+	"$HAPROXY_GEN"
+	SERVER_CMD=(haproxy -db -f "$T/haproxy.cfg")
+}
+
+# NGINX_STREAM: the dynamic module of Debian's nginx for stream {}.
+NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+
+# start_nginx GEN: nginx in the foreground with prefix $T/ngx and config
+# $T/ngx/nginx.conf, which GEN writes (nginx_conf starts it) and sets
+# SERVER_PORTS or SERVER_SOCKETS, by start_server.  Its error log is
+# $T/ngx/error.log.
+start_nginx() {
+	NGINX_GEN=$1
+	start_server nginx nginx_gen
+}
+
+nginx_gen() {
+	"$NGINX_GEN"
+	SERVER_CMD=(nginx -e "$T/ngx/error.log" -p "$T/ngx"
+	    -c "$T/ngx/nginx.conf" -g "daemon off; pid $T/ngx/nginx.pid;")
+}
+
+# nginx_conf: starts $T/ngx/nginx.conf with what every config here
+# needs (the stream module, the error log under $T/ngx); the caller
+# appends its stream {} or http {} block.
+nginx_conf() {
+	mkdir -p "$T/ngx"
+	cat >"$T/ngx/nginx.conf" <<NGX
+load_module $NGINX_STREAM;
+error_log $T/ngx/error.log;
+events { worker_connections 64; }
+NGX
+}
+
+# need_nginx_stream: skips unless nginx and its stream module are here.
+need_nginx_stream() {
+	need_cmd nginx
+	[ -e "$NGINX_STREAM" ] ||
+	    skip "needs nginx's stream module (libnginx-mod-stream)"
+}
