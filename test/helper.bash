@@ -406,18 +406,37 @@ server_up() {
 	done
 }
 
-# start_haproxy GEN: haproxy -db -f $T/haproxy.cfg, which GEN writes (and
-# sets SERVER_PORTS), by start_server.  Its stdout, the log when the
-# config says "log stdout", is HAPROXY_OUT.
+# start_haproxy GEN [NAME]: haproxy -db -f $T/NAME.cfg (NAME: haproxy),
+# which GEN writes at HAPROXY_CFG (and sets SERVER_PORTS), by
+# start_server.  Its stdout, the log when the config says "log stdout",
+# is HAPROXY_OUT ($T/NAME.out).
 start_haproxy() {
+	local name=${2:-haproxy}
 	HAPROXY_GEN=$1
-	start_server haproxy haproxy_gen
-	HAPROXY_OUT=$T/haproxy.out
+	HAPROXY_CFG=$T/$name.cfg
+	start_server "$name" haproxy_gen
+	HAPROXY_OUT=$T/$name.out
 }
 
 haproxy_gen() {
 	"$HAPROXY_GEN"
-	SERVER_CMD=(haproxy -db -f "$T/haproxy.cfg")
+	SERVER_CMD=(haproxy -db -f "$HAPROXY_CFG")
+}
+
+# haproxy_head [MODE]: starts HAPROXY_CFG with a log to stdout and the
+# timeouts every config here uses (and MODE, if given, for all
+# proxies); the caller appends its frontends.
+haproxy_head() {
+	cat >"$HAPROXY_CFG" <<EOF
+global
+	log stdout format raw local0
+defaults
+	log global
+	${1:+mode $1}
+	timeout connect 5s
+	timeout client 10s
+	timeout server 10s
+EOF
 }
 
 # NGINX_STREAM: the dynamic module of Debian's nginx for stream {}.

@@ -169,15 +169,8 @@ EOF
 }
 
 chain_haproxy() {
-	cat >"$T/haproxy.cfg" <<EOF
-global
-	log stdout format raw local0
-defaults
-	log global
-	mode tcp
-	timeout connect 5s
-	timeout client 10s
-	timeout server 10s
+	haproxy_head tcp
+	cat >>"$HAPROXY_CFG" <<EOF
 listen lb
 	bind 192.168.20.200:80
 	log-format "lb %ci:%cp via %bi:%bp"
