@@ -475,3 +475,52 @@ need_nginx_stream() {
 	[ -e "$NGINX_STREAM" ] ||
 	    skip "needs nginx's stream module (libnginx-mod-stream)"
 }
+
+# start_recorder: a backend for one connection (socat) that writes every
+# byte it gets to REC_FILE; sets REC_PORT and REC_LOG (socat's -d -d
+# log, which says "accepting connection" when one came).
+RECORDERS=0
+start_recorder() {
+	need_cmd socat
+	RECORDERS=$((RECORDERS + 1))
+	REC_FILE=$T/rec$RECORDERS.bin
+	spawn single "rec$RECORDERS" socat -d -d -u \
+	    TCP-LISTEN:0,bind=127.0.0.1 "CREATE:$REC_FILE"
+	REC_LOG=$T/rec$RECORDERS.err
+	REC_PORT=$(ready_port "$REC_LOG")
+	[ -n "$REC_PORT" ]
+}
+
+# received HEX...: waits up to 10 s for REC_FILE to hold exactly these
+# bytes; shows both (od -c) when it does not.
+received() {
+	hex_bytes "$@" >"$T/want.bin"
+	wait_for 10 cmp -s "$T/want.bin" "$REC_FILE" || {
+		echo "wanted:"
+		od -An -c "$T/want.bin"
+		echo "got:"
+		od -An -c "$REC_FILE" 2>&1
+		return 1
+	}
+}
+
+# got_nothing: the recorder was never connected to and has no byte.
+got_nothing() {
+	no_line "$REC_LOG" 'accepting connection'
+	[ ! -s "$REC_FILE" ]
+}
+
+# start_unix_proxy PATH ARGS...: tcpproxy ARGS, whose listener is the
+# Unix socket PATH; waits for its ready line "listening on PATH".
+start_unix_proxy() {
+	local path=$1
+	shift
+	PROXIES=$((PROXIES + 1))
+	spawn single "proxy$PROXIES" "$TCPPROXY" "$@"
+	PROXY_PID=$SPAWNED
+	PROXY_LOG=$T/proxy$PROXIES.err
+	wait_for 10 has_line "$PROXY_LOG" "^tcpproxy: listening on (unix:)?$path\$" || {
+		cat "$PROXY_LOG"
+		return 1
+	}
+}

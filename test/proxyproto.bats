@@ -30,20 +30,6 @@ port_hex() {
 	printf '%04x' "$1"
 }
 
-# start_recorder: a backend for one connection (socat) that writes every
-# byte it gets to REC_FILE; sets REC_PORT and REC_LOG (socat's -d -d
-# log, which says "accepting connection" when one came).
-RECORDERS=0
-start_recorder() {
-	RECORDERS=$((RECORDERS + 1))
-	REC_FILE=$T/rec$RECORDERS.bin
-	spawn single "rec$RECORDERS" socat -d -d -u \
-	    TCP-LISTEN:0,bind=127.0.0.1 "CREATE:$REC_FILE"
-	REC_LOG=$T/rec$RECORDERS.err
-	REC_PORT=$(ready_port "$REC_LOG")
-	[ -n "$REC_PORT" ]
-}
-
 # send_hex PORT HEX...: one connection from 127.0.0.1 that sends the
 # bytes and closes.  A refusal may close it before all are written: how
 # socat fared is not the test's business (the logs and the recorder
@@ -52,25 +38,6 @@ send_hex() {
 	local port=$1
 	shift
 	hex_bytes "$@" | socat -u - "TCP:127.0.0.1:$port" || true
-}
-
-# received HEX...: waits up to 10 s for REC_FILE to hold exactly these
-# bytes; shows both in hex when it does not.
-received() {
-	hex_bytes "$@" >"$T/want.bin"
-	wait_for 10 cmp -s "$T/want.bin" "$REC_FILE" || {
-		echo "wanted:"
-		od -An -c "$T/want.bin"
-		echo "got:"
-		od -An -c "$REC_FILE" 2>&1
-		return 1
-	}
-}
-
-# got_nothing: the recorder was never connected to and has no byte.
-got_nothing() {
-	no_line "$REC_LOG" 'accepting connection'
-	[ ! -s "$REC_FILE" ]
 }
 
 # accepted HEADER_HEX CLIENT_REGEX: a fresh recorder and proxy with
@@ -460,6 +427,29 @@ send_proxy_to_recorder() {
 	send_proxy_to_recorder v2 ::1 'TCP6:[::1]:PORT'
 	has_line "$PROXY_LOG" ' open id=1 client=\[::1\]:[0-9]+ '
 	received "$SIG 21 21 00 24 $(zeros 15)01 $(zeros 15)01 $(port_hex "$CPORT") $(port_hex "$PROXY_PORT")" "$PAYLOAD"
+}
+
+@test "--send-proxy v1 from a Unix socket listener: 'PROXY UNKNOWN', then the payload" {
+	start_recorder
+	start_unix_proxy "$T/l.sock" --send-proxy v1 "$T/l.sock" 127.0.0.1 \
+	    "$REC_PORT"
+	printf 'payload\n' | socat -u - "UNIX-CONNECT:$T/l.sock"
+	received "$(ascii $'PROXY UNKNOWN\r\n')" "$PAYLOAD"
+}
+
+@test "--send-proxy v2 from a Unix socket listener: a well-formed v2 header (16 + len bytes), then the payload" {
+	local len
+	start_recorder
+	start_unix_proxy "$T/l.sock" --send-proxy v2 "$T/l.sock" 127.0.0.1 \
+	    "$REC_PORT"
+	printf 'payload\n' | socat -u - "UNIX-CONNECT:$T/l.sock"
+	wait_for 10 eval 'tail -c 8 "$REC_FILE" 2>/dev/null | grep -q payload'
+	od -An -v -tx1 "$REC_FILE"
+	[ "$(head -c 12 "$REC_FILE" | od -An -v -tx1 | tr -d ' \n')" = "$SIG" ]
+	# Version 2; LOCAL, or PROXY with family UNSPEC or UNIX.
+	[[ $(head -c 14 "$REC_FILE" | tail -c 2 | od -An -tx1 | tr -d ' \n') =~ ^(20..|2100|213[12])$ ]]
+	len=$((16#$(head -c 16 "$REC_FILE" | tail -c 2 | od -An -tx1 | tr -d ' \n')))
+	[ "$(wc -c <"$REC_FILE")" -eq $((16 + len + 8)) ]
 }
 
 @test "a retry to a second backend after a refused connect sends it one whole header" {
