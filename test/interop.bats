@@ -130,6 +130,19 @@ in_front_of_tcpproxy() {
 	no_line "$T/lb.err" 'is DOWN'
 }
 
+@test "curl --haproxy-protocol to tcpproxy --accept-proxy: its v1 header is taken, the request relayed" {
+	web_files
+	start_proxy --accept-proxy 127.0.0.1 0 127.0.0.1 "$HTTP_PORT"
+	run curl -sS --max-time 10 --haproxy-protocol --interface 127.0.0.5 \
+	    -w '\nlport=%{local_port}\n' "http://127.0.0.1:$PROXY_PORT/hello.txt"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[ "${lines[0]}" = "hello from python over tcp" ]
+	LPORT=${lines[1]#lport=}
+	wait_for 10 has_line "$PROXY_LOG" ' close id=1 '
+	has_line "$PROXY_LOG" " open id=1 client=127\\.0\\.0\\.5:$LPORT via=127\\.0\\.0\\.5:$LPORT server="
+}
+
 # ---- nginx ----
 
 # stream_nginx: nginx on NGX_PORT (fresh) with proxy_protocol answers
@@ -290,6 +303,55 @@ unix_to_tls() {
 	wait_for 10 has_line "$PROXY_LOG" " close id=1 .*backend=(unix:)?$T/u\.sock( |\$)"
 }
 
+# hello_whole FILE: FILE holds at least one whole TLS record (5 bytes of
+# header, then as many as its length says).
+hello_whole() {
+	local n len
+	n=$(wc -c <"$1" 2>/dev/null) || return 1
+	[ "$n" -ge 5 ] || return 1
+	len=$((16#$(head -c 5 "$1" | tail -c 2 | od -An -tx1 | tr -d ' \n')))
+	[ "$n" -ge $((5 + len)) ]
+}
+
+@test "--sni: s_client's ClientHello, replayed in three writes with pauses, is routed by its name and relayed byte for byte" {
+	local a d
+	need_cmd openssl
+	# s_client's ClientHello for a.test, as a recorder got it.
+	start_recorder
+	mkfifo "$T/tls-in"
+	SPAWN_STDIN=$T/tls-in spawn single s_client openssl s_client \
+	    -connect "127.0.0.1:$REC_PORT" -servername a.test
+	exec 4>"$T/tls-in"
+	wait_for 10 hello_whole "$REC_FILE"
+	exec 4>&-
+	kill -TERM "$SPAWNED"
+	cp "$REC_FILE" "$T/hello.bin"
+	# A recorder for a.test, one for the rest.
+	start_recorder
+	a=$RECORDERS
+	start_recorder
+	d=$RECORDERS
+	start_proxy --sni "a.test=127.0.0.1:$(ready_port "$T/rec$a.err")" \
+	    127.0.0.1 0 127.0.0.1 "$REC_PORT"
+	mkfifo "$T/in"
+	SPAWN_STDIN=$T/in spawn single replay socat -u - \
+	    "TCP:127.0.0.1:$PROXY_PORT"
+	exec 4>"$T/in"
+	head -c 3 "$T/hello.bin" >&4
+	observe_for 0.2
+	tail -c +4 "$T/hello.bin" | head -c 60 >&4
+	observe_for 0.2
+	# No route yet: nothing connected anywhere.
+	no_line "$PROXY_LOG" ' open id='
+	no_line "$T/rec$a.err" 'accepting connection'
+	no_line "$T/rec$d.err" 'accepting connection'
+	tail -c +64 "$T/hello.bin" >&4
+	exec 4>&-
+	wait_for 10 cmp -s "$T/hello.bin" "$T/rec$a.bin"
+	wait_for 10 has_line "$PROXY_LOG" ' open id=1 .* sni=a\.test( |$)'
+	no_line "$T/rec$d.err" 'accepting connection'
+}
+
 @test "--sni: a client that does not speak TLS goes to the service's own backend, its bytes unchanged" {
 	start_backend echo
 	start_proxy --sni "a.test=127.0.0.1:1" 127.0.0.1 0 127.0.0.1 \
@@ -318,21 +380,6 @@ unix_to_tls() {
 }
 
 # ---- Unix sockets ----
-
-# start_unix_proxy PATH ARGS...: tcpproxy ARGS, whose listener is the
-# Unix socket PATH; waits for its ready line "listening on PATH".
-start_unix_proxy() {
-	local path=$1
-	shift
-	PROXIES=$((PROXIES + 1))
-	spawn single "proxy$PROXIES" "$TCPPROXY" "$@"
-	PROXY_PID=$SPAWNED
-	PROXY_LOG=$T/proxy$PROXIES.err
-	wait_for 10 has_line "$PROXY_LOG" "^tcpproxy: listening on (unix:)?$path\$" || {
-		cat "$PROXY_LOG"
-		return 1
-	}
-}
 
 # http_python: python3 -m http.server on HTTP_PORT (fresh) serving
 # $T/www.
@@ -443,6 +490,32 @@ EOF
 	[ -S "$T/l.sock" ]
 	run curl_unix "$T/l.sock"
 	[ "$output" = "hello from python over tcp" ]
+}
+
+@test "a regular file where the socket should be is left alone: tcpproxy fails with exit 1" {
+	echo "precious" >"$T/l.sock"
+	run $LIMIT "$TCPPROXY" "$T/l.sock" 127.0.0.1 80
+	echo "$output"
+	[ "$status" -eq 1 ]
+	[[ $output == *"$T/l.sock"* ]]
+	[ -f "$T/l.sock" ]
+	[ "$(cat "$T/l.sock")" = precious ]
+}
+
+@test "a config file's services may listen on a Unix socket and take PROXY headers" {
+	web_files
+	cat >"$T/unix.conf" <<EOF
+--name sock $T/l.sock 127.0.0.1 $HTTP_PORT
+--name pp --accept-proxy 127.0.0.1 0 127.0.0.1 $HTTP_PORT
+EOF
+	start_config "$T/unix.conf"
+	wait_for 10 has_line "$PROXY_LOG" "listening on (unix:)?$T/l\\.sock service=sock\$"
+	run curl_unix "$T/l.sock"
+	[ "$output" = "hello from python over tcp" ]
+	run curl -sS --max-time 10 --haproxy-protocol \
+	    "http://127.0.0.1:$(service_port "$PROXY_LOG" pp)/hello.txt"
+	[ "$output" = "hello from python over tcp" ]
+	wait_for 10 has_line "$PROXY_LOG" ' open id=[0-9]+ client=127\.0\.0\.1:[0-9]+ via=127\.0\.0\.1:[0-9]+ .*service=pp$'
 }
 
 @test "--socket-mode sets the listening socket's mode: 0660, 0600" {
