@@ -263,6 +263,24 @@ no_bridge() {
 	no_bridge
 }
 
+@test "with -b 1k, a v2 header of 16 + 2048 bytes is bigger than the buffer: reason=proxy-too-long; the default buffer takes it" {
+	local header
+	header="$SIG 21 11 08 00 c0000201 c0000202 007b 162e 04 07f1 $(zeros 2033)"
+	proxy_for_rejects -b 1k
+	refused proxy-too-long "$header"
+	no_bridge
+	accepted "$header" '192\.0\.2\.1:123'
+}
+
+@test "without --accept-proxy a PROXY header is nobody's business: it reaches the backend as payload" {
+	start_recorder
+	start_proxy 127.0.0.1 0 127.0.0.1 "$REC_PORT"
+	send_hex "$PROXY_PORT" "$SIG 21 11 00 0c c0000201 c0000202 007b 162e" "$PAYLOAD"
+	received "$SIG 21 11 00 0c c0000201 c0000202 007b 162e" "$PAYLOAD"
+	wait_for 10 has_line "$PROXY_LOG" ' open id=1 client=127\.0\.0\.1:[0-9]+ server='
+	no_line "$PROXY_LOG" '192\.0\.2\.1'
+}
+
 # ---- --accept-proxy: timing, trust, access ----
 
 @test "a header split over four writes with pauses is accepted, and nothing reaches the backend before it is whole" {
