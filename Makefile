@@ -82,7 +82,11 @@ fuzz/fuzz_relay: fuzz/fuzz_relay.c tcpproxy.c tcpproxy.h
 	$(FUZZCC) $(CPPFLAGS) -I. $(FUZZFLAGS) -o fuzz/fuzz_relay \
 	    fuzz/fuzz_relay.c
 
-fuzz: fuzz/fuzz_args fuzz/fuzz_relay
+fuzz/fuzz_preamble: fuzz/fuzz_preamble.c tcpproxy.c tcpproxy.h
+	$(FUZZCC) $(CPPFLAGS) -I. $(FUZZFLAGS) -o fuzz/fuzz_preamble \
+	    fuzz/fuzz_preamble.c
+
+fuzz: fuzz/fuzz_args fuzz/fuzz_relay fuzz/fuzz_preamble
 	./fuzz/run $(FUZZTIME)
 
 soak: tcpproxy test/backend test/client
@@ -100,7 +104,7 @@ uninstall:
 
 clean:
 	rm -f tcpproxy tcpproxy-static $(TESTBIN) $(EXAMPLES) bench/loadgen \
-	    fuzz/fuzz_args fuzz/fuzz_relay
+	    fuzz/fuzz_args fuzz/fuzz_relay fuzz/fuzz_preamble
 
 .PHONY: all examples test bench bench-quick static fuzz soak install uninstall \
 	clean

@@ -131,6 +131,8 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -145,6 +147,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -202,6 +205,15 @@
 #ifndef TCPPROXY_DOWN_TIME
 #define TCPPROXY_DOWN_TIME 10.0		/* seconds a failed backend rests */
 #endif
+#ifndef TCPPROXY_PROXY_TIMEOUT
+#define TCPPROXY_PROXY_TIMEOUT 5.0	/* seconds for a PROXY header */
+#endif
+#ifndef TCPPROXY_KEEPALIVE_IDLE
+#define TCPPROXY_KEEPALIVE_IDLE 60.0	/* seconds idle before a probe */
+#endif
+#ifndef TCPPROXY_PREAMBLE_BUFFER
+#define TCPPROXY_PREAMBLE_BUFFER 1024	/* bytes, at least, with PROXY/SNI */
+#endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
 #endif
@@ -239,6 +251,18 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
 #define accept_ready(fd, sa, len) accept((fd), (sa), (len))
 #endif
 
+/*
+ * TCP keepalive's knobs: the idle time before the first probe is
+ * TCP_KEEPIDLE (Linux, the BSDs) or TCP_KEEPALIVE (macOS); the probe
+ * interval and count are TCP_KEEPINTVL and TCP_KEEPCNT where they exist.
+ * Without them, SO_KEEPALIVE alone uses the system's times.
+ */
+#if defined(TCP_KEEPIDLE)
+#define KEEPALIVE_IDLE TCP_KEEPIDLE
+#elif defined(TCP_KEEPALIVE)
+#define KEEPALIVE_IDLE TCP_KEEPALIVE
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define NORETURN __attribute__((noreturn))
 #else
@@ -253,16 +277,26 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
 
 /* ---- types ---- */
 enum { CLIENT = 0, SERVER = 1 };
-enum { TIMER_CONNECT = 0, TIMER_IDLE, TIMER_FDWAIT, TIMER_NONE };
+enum { TIMER_CONNECT = 0, TIMER_IDLE, TIMER_PREAMBLE, TIMER_FDWAIT,
+    TIMER_NONE };
 enum { ACCEPT_ON = 0, ACCEPT_NOFD, ACCEPT_OFF };
 enum { MORE_NONE = 0, MORE_DRAINED, MORE_FINAL };
 
 /*
- * The state of a bridge.  WAIT_FD: accepted, but no descriptor was left
- * for its server socket; it waits on p->fdwait.  CONNECTING: a connect to
- * an address of a backend is under way.  OPEN: both sides relay.
+ * The state of a bridge.  PREAMBLE: accepted, reading the client's PROXY
+ * header or TLS ClientHello before any backend is chosen.  WAIT_FD: no
+ * descriptor was left for its server socket; it waits on p->fdwait.
+ * CONNECTING: a connect to an address of a backend is under way.  OPEN:
+ * both sides relay.
  */
-enum { BRIDGE_WAIT_FD = 0, BRIDGE_CONNECTING, BRIDGE_OPEN };
+enum { BRIDGE_WAIT_FD = 0, BRIDGE_CONNECTING, BRIDGE_OPEN, BRIDGE_PREAMBLE };
+
+/*
+ * Flags of a bridge: what PREAMBLE still waits for (a PROXY header, a
+ * ClientHello), whether the admit stage let it in (on_close is due) and
+ * whether its open line was logged (its close line is due).
+ */
+enum { B_PROXY = 1, B_SNI = 2, B_ADMITTED = 4, B_OPENED = 8 };
 
 #define ADDR_NAME_MAX (INET6_ADDRSTRLEN + 10)	/* "[addr]:65535" */
 #define KEY_LEN 17			/* family (4 or 6), 16 address bytes */
@@ -368,9 +402,29 @@ struct service {
 	unsigned long long max_bytes, rate;
 	double burst;			/* --rate: token bucket size */
 	size_t bufsize;
-	struct timer_list timers[TIMER_FDWAIT];	/* connect, idle */
+	int send_proxy;			/* TCPPROXY_PROXY_* */
+	int accept_proxy;
+	struct acl *trusted;		/* --proxy-from */
+	size_t ntrusted;
+	size_t nown;			/* backends[0..nown): its own */
+	char **routes;			/* --sni patterns; route i goes to
+					 * backends[nown + i] */
+	size_t nroutes;
+	int keepalive;			/* seconds idle before probes; 0 */
+	unsigned int socket_mode;
+	struct timer_list timers[TIMER_FDWAIT];	/* connect, idle, preamble */
 	char **spare;			/* free buffers of bufsize */
 	size_t nspare;
+};
+
+/*
+ * The addresses a client's PROXY header gave: the client's, the one it
+ * connected to, and the peer that sent the header (via=).
+ */
+struct origin {
+	struct sockaddr_storage src, dst;
+	socklen_t srclen;
+	char via[ADDR_NAME_MAX];
 };
 
 /* A bound socket and the service it feeds. */
@@ -380,6 +434,7 @@ struct listener {
 	struct addr a;
 	int kept;			/* reload: claimed by a new service */
 	int fresh;			/* bound by the last switch */
+	pid_t owner;			/* a Unix socket's creator removes it */
 };
 
 struct bridge {
@@ -394,6 +449,10 @@ struct bridge {
 	unsigned char timer;		/* TIMER_*: which list holds it */
 	unsigned char throttled;	/* on the throttled list */
 	unsigned char probe;		/* it probes a down backend */
+	unsigned char flags;		/* B_* */
+	unsigned short hdr;		/* PROXY header bytes queued upstream */
+	unsigned short route;		/* its --sni route + 1, or 0 */
+	struct origin *origin;		/* a PROXY header's addresses, or NULL */
 	enum tcpproxy_reason reason;	/* first cause of the end */
 	int error;
 	struct service *svc;		/* the service it was accepted by */
@@ -528,6 +587,19 @@ addr_name(const struct sockaddr *sa, socklen_t len, char *buf, size_t size)
 {
 	char host[INET6_ADDRSTRLEN], serv[8];
 
+	if (sa->sa_family == AF_UNIX) {
+		const struct sockaddr_un *sun = (const void *)sa;
+		size_t n = len > offsetof(struct sockaddr_un, sun_path) ?
+		    len - offsetof(struct sockaddr_un, sun_path) : 0;
+
+		/* A client of a Unix socket has no name of its own. */
+		if (n == 0 || sun->sun_path[0] == '\0')
+			snprintf(buf, size, "unix");
+		else
+			snprintf(buf, size, "%.*s", (int)strnlen(sun->sun_path,
+			    n), sun->sun_path);
+		return buf;
+	}
 	if (getnameinfo(sa, len, host, sizeof(host), serv, sizeof(serv),
 	    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
 		snprintf(buf, size, "?");
@@ -596,11 +668,37 @@ fd_prepare(int fd)
 }
 
 /*
- * Sets the options every relayed socket gets, made by socket() or
+ * Turns TCP keepalive on for fd: the first probe after idle seconds
+ * without traffic, then one every idle/4 (at least 1), and the peer is
+ * given up after 4 unanswered, so a dead peer is found within about
+ * twice idle.  Best effort, like the other options.
+ */
+static void
+keepalive_set(int fd, int idle)
+{
+	int one = 1, intvl = idle / 4 > 0 ? idle / 4 : 1, cnt = 4;
+
+	(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+#ifdef KEEPALIVE_IDLE
+	(void)setsockopt(fd, IPPROTO_TCP, KEEPALIVE_IDLE, &idle, sizeof(idle));
+#endif
+#ifdef TCP_KEEPINTVL
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl,
+	    sizeof(intvl));
+#endif
+#ifdef TCP_KEEPCNT
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+#endif
+	(void)intvl;
+	(void)cnt;
+}
+
+/*
+ * Sets the options every relayed socket of svc gets, made by socket() or
  * accept_ready() with SOCK_FLAGS; returns 0 or -1.
  */
 static int
-sock_prepare(int fd)
+sock_prepare(int keepalive, int fd)
 {
 	int one = 1;
 
@@ -610,6 +708,8 @@ sock_prepare(int fd)
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (NOSIGPIPE != 0)
 		(void)setsockopt(fd, SOL_SOCKET, NOSIGPIPE, &one, sizeof(one));
+	if (keepalive > 0)
+		keepalive_set(fd, keepalive);
 	return 0;
 }
 
@@ -625,14 +725,78 @@ fd_close(int fd)
 }
 
 /*
+ * Returns whether the socket file at path is stale: a socket that
+ * nothing listens on (left by a crash).  Anything else, a live socket or
+ * a file that is not a socket, is never removed: errno then says which
+ * (EADDRINUSE, EEXIST).
+ */
+static int
+unix_stale(const struct sockaddr_un *sun, socklen_t len)
+{
+	struct stat st;
+	int fd, stale;
+
+	if (lstat(sun->sun_path, &st) == -1 || !S_ISSOCK(st.st_mode)) {
+		errno = EEXIST;
+		return 0;
+	}
+	if ((fd = socket(AF_UNIX, SOCK_STREAM, 0)) == -1)
+		return 0;
+	/* A Unix connect answers at once: refused means no listener. */
+	stale = connect(fd, (const struct sockaddr *)sun, len) == -1 &&
+	    errno == ECONNREFUSED;
+	fd_close(fd);
+	errno = EADDRINUSE;
+	return stale;
+}
+
+/*
+ * Binds and listens on a Unix socket, replacing a stale socket file,
+ * and gives it mode (0: as the umask leaves it) before anyone can
+ * connect.  Returns the descriptor, or -1 with errno set.
+ */
+static int
+listen_unix(const struct sockaddr_un *sun, socklen_t len, unsigned int mode)
+{
+	int fd, tries;
+
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_FLAGS, 0)) == -1)
+		return -1;
+	if (SOCK_FLAGS == 0 && fd_prepare(fd) == -1)
+		goto bad;
+	for (tries = 0; bind(fd, (const struct sockaddr *)sun, len) == -1;
+	    tries++) {
+		if (errno != EADDRINUSE || tries > 0 || !unix_stale(sun, len))
+			goto bad;
+		if (unlink(sun->sun_path) == -1 && errno != ENOENT)
+			goto bad;
+	}
+	if ((mode != 0 && chmod(sun->sun_path, (mode_t)mode) == -1) ||
+	    listen(fd, TCPPROXY_BACKLOG) == -1) {
+		int saved = errno;
+
+		(void)unlink(sun->sun_path);
+		errno = saved;
+		goto bad;
+	}
+	return fd;
+bad:
+	fd_close(fd);
+	return -1;
+}
+
+/*
  * Binds and listens on one address; returns the descriptor, or -1 with
  * errno set.
  */
 static int
-listen_on(const struct sockaddr *sa, socklen_t len)
+listen_on(const struct sockaddr *sa, socklen_t len, unsigned int mode)
 {
 	int fd, one = 1;
 
+	if (sa->sa_family == AF_UNIX)
+		return listen_unix((const struct sockaddr_un *)(const void *)sa,
+		    len, mode);
 	if ((fd = socket(sa->sa_family, SOCK_STREAM | SOCK_FLAGS, 0)) == -1)
 		return -1;
 	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -663,6 +827,19 @@ addr_set_port(struct sockaddr *sa, int port)
 		    htons((unsigned short)port);
 }
 
+/* Returns the port of an IPv4 or IPv6 socket address, or -1. */
+static int
+sa_port(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)(const void *)sa)->
+		    sin_port);
+	if (sa->sa_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)(const void *)sa)->
+		    sin6_port);
+	return -1;
+}
+
 /* Returns the port of a bound socket, or -1. */
 static int
 fd_port(int fd)
@@ -672,11 +849,7 @@ fd_port(int fd)
 
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1)
 		return -1;
-	if (ss.ss_family == AF_INET)
-		return ntohs(((struct sockaddr_in *)(void *)&ss)->sin_port);
-	if (ss.ss_family == AF_INET6)
-		return ntohs(((struct sockaddr_in6 *)(void *)&ss)->sin6_port);
-	return -1;
+	return sa_port((struct sockaddr *)&ss);
 }
 
 /*
@@ -796,6 +969,414 @@ glob_match(const char *pat, const char *text)
 		pat++;
 	return *pat == '\0';
 }
+/* ---- preambles: the PROXY protocol and TLS server names ---- */
+
+/*
+ * Both parsers read bytes from the network: every length is checked
+ * against the bytes at hand before it is used, and a result says whether
+ * more bytes could change the verdict (PRE_MORE).
+ */
+enum { PRE_BAD = -1, PRE_MORE = 0, PRE_DONE = 1 };
+
+#define PROXY_V1_MAX 107		/* the longest v1 line, CRLF included */
+#define PROXY_HDR_MAX 108		/* the longest header we send */
+
+static const unsigned char proxy_sig[12] = {
+	0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a
+};
+
+/* What a PROXY header said. */
+struct proxy_hdr {
+	size_t len;			/* bytes of the header */
+	int local;			/* LOCAL, UNKNOWN: the real addresses */
+	struct sockaddr_storage src, dst;
+	socklen_t srclen, dstlen;
+	const char *why;		/* the refuse reason, for PRE_BAD */
+};
+
+/* Returns CRC32C (Castagnoli) of n bytes, bit by bit: headers are rare. */
+static unsigned long
+crc32c(const unsigned char *p, size_t n, size_t skip_at)
+{
+	unsigned long crc = 0xffffffffUL;
+	size_t i;
+	int k;
+
+	for (i = 0; i < n; i++) {
+		/* The checksum field itself counts as zeros. */
+		crc ^= i >= skip_at && i < skip_at + 4 ? 0 : p[i];
+		for (k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82f63b78UL & (0UL - (crc & 1)));
+	}
+	return crc ^ 0xffffffffUL;
+}
+
+/* Fills an IPv4 or IPv6 socket address; returns its length. */
+static socklen_t
+sockaddr_fill(struct sockaddr_storage *ss, int family, const void *addr,
+    unsigned int port)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)(void *)ss;
+
+		sin->sin_family = AF_INET;
+		memcpy(&sin->sin_addr, addr, 4);
+		sin->sin_port = htons((unsigned short)port);
+		return sizeof(*sin);
+	} else {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)(void *)ss;
+
+		sin6->sin6_family = AF_INET6;
+		memcpy(&sin6->sin6_addr, addr, 16);
+		sin6->sin6_port = htons((unsigned short)port);
+		return sizeof(*sin6);
+	}
+}
+
+/* Parses a v1 port: digits, no leading zero, at most 65535; -1 if not. */
+static long
+proxy_v1_port(const char *s)
+{
+	long v = 0;
+	size_t i;
+
+	if (s[0] == '\0' || (s[0] == '0' && s[1] != '\0') || strlen(s) > 5)
+		return -1;
+	for (i = 0; s[i] != '\0'; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (s[i] - '0');
+	}
+	return v <= 65535 ? v : -1;
+}
+
+/* Parses the v1 line buf[0..n), CRLF included. */
+static int
+proxy_v1_line(const unsigned char *buf, size_t n, struct proxy_hdr *h)
+{
+	char line[PROXY_V1_MAX + 1], *f[7], *s;
+	unsigned char a[16];
+	int nf = 0, family;
+	long sport, dport;
+
+	memcpy(line, buf, n - 2);
+	line[n - 2] = '\0';
+	h->len = n;
+	/* Single spaces between exactly six words. */
+	for (s = line; nf < 7; s++) {
+		f[nf++] = s;
+		if ((s = strchr(s, ' ')) == NULL)
+			break;
+		*s = '\0';
+	}
+	if (nf >= 2 && strcmp(f[1], "UNKNOWN") == 0) {
+		h->local = 1;	/* the rest of the line does not matter */
+		return PRE_DONE;
+	}
+	h->why = "proxy-syntax";
+	if (nf != 6 || strcmp(f[0], "PROXY") != 0)
+		return PRE_BAD;
+	if (strcmp(f[1], "TCP4") == 0)
+		family = AF_INET;
+	else if (strcmp(f[1], "TCP6") == 0)
+		family = AF_INET6;
+	else
+		return PRE_BAD;
+	if ((sport = proxy_v1_port(f[4])) < 0 ||
+	    (dport = proxy_v1_port(f[5])) < 0 ||
+	    inet_pton(family, f[2], a) != 1)
+		return PRE_BAD;
+	h->srclen = sockaddr_fill(&h->src, family, a, (unsigned int)sport);
+	if (inet_pton(family, f[3], a) != 1)
+		return PRE_BAD;
+	h->dstlen = sockaddr_fill(&h->dst, family, a, (unsigned int)dport);
+	h->why = NULL;
+	return PRE_DONE;
+}
+
+/* Checks the TLVs of a v2 header, buf[at..end); 0 or -1 (h->why). */
+static int
+proxy_v2_tlvs(const unsigned char *buf, size_t at, size_t end,
+    struct proxy_hdr *h)
+{
+	while (at < end) {
+		size_t len;
+
+		if (end - at < 3)
+			return (h->why = "proxy-tlv"), -1;
+		len = (size_t)buf[at + 1] << 8 | buf[at + 2];
+		if (len > end - at - 3)
+			return (h->why = "proxy-tlv"), -1;
+		if (buf[at] == 0x03) {		/* CRC32C */
+			unsigned long want;
+
+			if (len != 4)
+				return (h->why = "proxy-tlv"), -1;
+			want = (unsigned long)buf[at + 3] << 24 |
+			    (unsigned long)buf[at + 4] << 16 |
+			    (unsigned long)buf[at + 5] << 8 | buf[at + 6];
+			if (crc32c(buf, end, at + 3) != want)
+				return (h->why = "proxy-crc"), -1;
+		} else if (buf[at] == 0x05 && len > 128) {	/* UNIQUE_ID */
+			return (h->why = "proxy-tlv"), -1;
+		}
+		at += 3 + len;
+	}
+	return 0;
+}
+
+/* Parses a v2 header from buf[0..n), which starts with the signature. */
+static int
+proxy_v2(const unsigned char *buf, size_t n, size_t max, struct proxy_hdr *h)
+{
+	size_t len, block;
+	unsigned int cmd;
+
+	if (n < 16)
+		return PRE_MORE;
+	if (buf[12] >> 4 != 2)
+		return (h->why = "proxy-version"), PRE_BAD;
+	if ((cmd = buf[12] & 0x0f) > 1)
+		return (h->why = "proxy-command"), PRE_BAD;
+	switch (buf[13]) {
+	case 0x00: block = 0; break;
+	case 0x11: case 0x12: block = 12; break;
+	case 0x21: case 0x22: block = 36; break;
+	case 0x31: case 0x32: block = 216; break;
+	default: return (h->why = "proxy-family"), PRE_BAD;
+	}
+	len = (size_t)buf[14] << 8 | buf[15];
+	if (16 + len > max)
+		return (h->why = "proxy-too-long"), PRE_BAD;
+	if (n < 16 + len)
+		return PRE_MORE;
+	h->len = 16 + len;
+	/* LOCAL (a check): skip what follows, whatever the family says. */
+	if (cmd == 0) {
+		h->local = 1;
+		return PRE_DONE;
+	}
+	if (len < block)
+		return (h->why = "proxy-length"), PRE_BAD;
+	if (proxy_v2_tlvs(buf, 16 + block, 16 + len, h) == -1)
+		return PRE_BAD;
+	if (block == 12) {
+		h->srclen = sockaddr_fill(&h->src, AF_INET, buf + 16,
+		    (unsigned int)buf[24] << 8 | buf[25]);
+		h->dstlen = sockaddr_fill(&h->dst, AF_INET, buf + 20,
+		    (unsigned int)buf[26] << 8 | buf[27]);
+	} else if (block == 36) {
+		h->srclen = sockaddr_fill(&h->src, AF_INET6, buf + 16,
+		    (unsigned int)buf[48] << 8 | buf[49]);
+		h->dstlen = sockaddr_fill(&h->dst, AF_INET6, buf + 32,
+		    (unsigned int)buf[50] << 8 | buf[51]);
+	} else {
+		h->local = 1;	/* UNSPEC, UNIX: no address a client has */
+	}
+	return PRE_DONE;
+}
+
+/*
+ * Parses a PROXY protocol header, v1 or v2 (told apart by the first
+ * bytes), at the start of buf[0..n); max is the most the header may take
+ * (the buffer's size).  Returns PRE_DONE (h filled), PRE_MORE, or PRE_BAD
+ * with the reason in h->why.
+ */
+static int
+proxy_parse(const unsigned char *buf, size_t n, size_t max,
+    struct proxy_hdr *h)
+{
+	static const char v1[] = "PROXY ";
+	size_t i;
+
+	memset(h, 0, sizeof(*h));
+	h->why = "proxy-signature";
+	if (n == 0)
+		return PRE_MORE;
+	if (buf[0] == proxy_sig[0]) {
+		for (i = 0; i < n && i < sizeof(proxy_sig); i++)
+			if (buf[i] != proxy_sig[i])
+				return PRE_BAD;
+		if (i < sizeof(proxy_sig))
+			return PRE_MORE;
+		return proxy_v2(buf, n, max, h);
+	}
+	for (i = 0; i < n && i < 6; i++)
+		if (buf[i] != (unsigned char)v1[i])
+			return PRE_BAD;
+	h->why = "proxy-syntax";
+	/* The CRLF must end within PROXY_V1_MAX bytes. */
+	for (i = 0; i < n && i + 1 < PROXY_V1_MAX; i++) {
+		if (buf[i] == '\n')
+			return PRE_BAD;		/* an LF with no CR */
+		if (buf[i] != '\r')
+			continue;
+		if (i + 1 == n)
+			break;			/* its LF may follow */
+		if (buf[i + 1] != '\n')
+			return PRE_BAD;		/* a CR with no LF */
+		return proxy_v1_line(buf, i + 2, h);
+	}
+	if (n < PROXY_V1_MAX && n < max)
+		return PRE_MORE;
+	h->why = "proxy-too-long";
+	return PRE_BAD;
+}
+
+/*
+ * Writes the PROXY header for a connection from src to dst into out (at
+ * least PROXY_HDR_MAX bytes): version 1 or 2, or with src NULL what a
+ * health check sends (v2 LOCAL, v1 UNKNOWN).  Addresses that are not
+ * both IPv4 or both IPv6 are sent as UNKNOWN (v2: PROXY over UNSPEC, so
+ * the receiver uses the real ones).  Returns its length.
+ */
+static size_t
+proxy_header(int version, const struct sockaddr_storage *src,
+    const struct sockaddr_storage *dst, unsigned char *out)
+{
+	unsigned char ks[KEY_LEN], kd[KEY_LEN];
+	int ip = src != NULL && addr_key((const struct sockaddr *)src, ks) ==
+	    0 && addr_key((const struct sockaddr *)dst, kd) == 0 &&
+	    ks[0] == kd[0];
+	unsigned int sport = ip ? (unsigned int)sa_port((const struct sockaddr *)src) : 0;
+	unsigned int dport = ip ? (unsigned int)sa_port((const struct sockaddr *)dst) : 0;
+	size_t alen = ip ? (ks[0] == 4 ? 4 : 16) : 0;
+
+	if (version == TCPPROXY_PROXY_V1) {
+		char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+		int af = ks[0] == 4 ? AF_INET : AF_INET6;
+
+		if (!ip || inet_ntop(af, ks + 1, a, sizeof(a)) == NULL ||
+		    inet_ntop(af, kd + 1, b, sizeof(b)) == NULL)
+			return (size_t)snprintf((char *)out, PROXY_HDR_MAX,
+			    "PROXY UNKNOWN\r\n");
+		return (size_t)snprintf((char *)out, PROXY_HDR_MAX,
+		    "PROXY TCP%c %s %s %u %u\r\n", ks[0] == 4 ? '4' : '6', a, b,
+		    sport, dport);
+	}
+	memcpy(out, proxy_sig, sizeof(proxy_sig));
+	out[12] = src == NULL ? 0x20 : 0x21;
+	out[13] = !ip ? 0x00 : ks[0] == 4 ? 0x11 : 0x21;
+	out[14] = 0;
+	out[15] = (unsigned char)(ip ? 2 * alen + 4 : 0);
+	if (!ip)
+		return 16;
+	memcpy(out + 16, ks + 1, alen);
+	memcpy(out + 16 + alen, kd + 1, alen);
+	out[16 + 2 * alen] = (unsigned char)(sport >> 8);
+	out[17 + 2 * alen] = (unsigned char)sport;
+	out[18 + 2 * alen] = (unsigned char)(dport >> 8);
+	out[19 + 2 * alen] = (unsigned char)dport;
+	return 20 + 2 * alen;
+}
+
+/* Reads a big-endian 16-bit length at p. */
+static size_t
+be16(const unsigned char *p)
+{
+	return (size_t)p[0] << 8 | p[1];
+}
+
+/*
+ * Finds the server_name of a TLS ClientHello at the start of buf[0..n),
+ * looking into the first record only.  Returns PRE_MORE while the record
+ * is incomplete (and could still fit in max bytes), PRE_DONE with the
+ * name, lower-cased, in name[0..size) (empty when there is none), or
+ * PRE_BAD when the bytes are not a ClientHello one can read: not TLS,
+ * malformed, or split over records.
+ */
+static int
+sni_parse(const unsigned char *buf, size_t n, size_t max, char *name,
+    size_t size)
+{
+	size_t rec, at, end, len, ext_end;
+
+	name[0] = '\0';
+	if (n >= 1 && buf[0] != 0x16)		/* a handshake record */
+		return PRE_BAD;
+	if (n >= 2 && buf[1] != 0x03)
+		return PRE_BAD;
+	if (n < 5)
+		return PRE_MORE;
+	rec = be16(buf + 3);
+	if (rec < 4 || rec > 16384)
+		return PRE_BAD;
+	if (n < 5 + rec)
+		return 5 + rec <= max ? PRE_MORE : PRE_BAD;
+	end = 5 + rec;
+	/* A ClientHello, wholly inside this record. */
+	if (buf[5] != 0x01)
+		return PRE_BAD;
+	len = (size_t)buf[6] << 16 | be16(buf + 7);
+	if (len > rec - 4)
+		return PRE_BAD;
+	end = 9 + len;
+	at = 9 + 2 + 32;			/* version, random */
+	if (at + 1 > end)
+		return PRE_BAD;
+	at += 1 + buf[at];			/* session id */
+	if (at + 2 > end)
+		return PRE_BAD;
+	at += 2 + be16(buf + at);		/* cipher suites */
+	if (at + 1 > end)
+		return PRE_BAD;
+	at += 1 + buf[at];			/* compression methods */
+	if (at == end)
+		return PRE_DONE;		/* no extensions */
+	if (at + 2 > end || at + 2 + be16(buf + at) > end)
+		return PRE_BAD;
+	ext_end = at + 2 + be16(buf + at);
+	for (at += 2; at + 4 <= ext_end; at += 4 + len) {
+		size_t list, i;
+
+		len = be16(buf + at + 2);
+		if (at + 4 + len > ext_end)
+			return PRE_BAD;
+		if (be16(buf + at) != 0)	/* server_name */
+			continue;
+		if (len < 2 || (list = be16(buf + at + 4)) != len - 2 ||
+		    list < 3 || buf[at + 6] != 0)	/* host_name */
+			return PRE_BAD;
+		if ((len = be16(buf + at + 7)) == 0 || len > list - 3 ||
+		    len >= size)
+			return PRE_BAD;
+		for (i = 0; i < len; i++) {
+			unsigned char c = buf[at + 9 + i];
+
+			if (c >= 'A' && c <= 'Z')
+				c = (unsigned char)(c - 'A' + 'a');
+			else if (!((c >= 'a' && c <= 'z') ||
+			    (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+			    c == '_')) {
+				name[0] = '\0';
+				return PRE_BAD;
+			}
+			name[i] = (char)c;
+		}
+		name[len] = '\0';
+		if (name[len - 1] == '.')
+			name[len - 1] = '\0';	/* an absolute name */
+		return PRE_DONE;
+	}
+	return at == ext_end ? PRE_DONE : PRE_BAD;
+}
+
+/*
+ * Returns whether a server name matches a route's pattern: the name
+ * itself, or "*.domain" for any name under domain.
+ */
+static int
+sni_match(const char *pattern, const char *name)
+{
+	size_t pl = strlen(pattern), nl = strlen(name);
+
+	if (pattern[0] == '*' && pattern[1] == '.')
+		return nl > pl - 1 && strcasecmp(name + nl - (pl - 1),
+		    pattern + 1) == 0;
+	return strcasecmp(pattern, name) == 0;
+}
+
 /* ---- buffers ---- */
 
 /*
@@ -964,6 +1545,17 @@ room_min(const struct tcpproxy *p)
 	return hooked(p) ? 2 : 1;
 }
 
+/*
+ * Returns the bytes flow[s] keeps free: room for the PROXY header that
+ * goes before the client's first bytes, until it is queued.
+ */
+static size_t
+flow_reserve(const struct bridge *b, int s)
+{
+	return s == CLIENT && b->svc->send_proxy && b->state != BRIDGE_OPEN ?
+	    PROXY_HDR_MAX : 0;
+}
+
 /* Records the first reason a bridge has to end. */
 static void
 bridge_end(struct bridge *b, enum tcpproxy_reason reason, int error)
@@ -974,6 +1566,17 @@ bridge_end(struct bridge *b, enum tcpproxy_reason reason, int error)
 	}
 }
 
+/*
+ * Returns the name of the address b is on: for a Unix socket its path as
+ * written, whole (an address's name is cut to ADDR_NAME_MAX).
+ */
+static const char *
+bridge_server(const struct bridge *b)
+{
+	return b->be != NULL && (b->be->port == NULL || *b->be->port == '\0') ?
+	    b->be->name : b->server;
+}
+
 /* Fills the info a hook sees about a bridge. */
 static void
 bridge_info(const struct tcpproxy *p, const struct bridge *b,
@@ -982,7 +1585,7 @@ bridge_info(const struct tcpproxy *p, const struct bridge *b,
 	memset(info, 0, sizeof(*info));
 	info->id = b->id;
 	info->client_name = b->client;
-	info->server_name = b->server;
+	info->server_name = bridge_server(b);
 	info->service_name = b->svc->name;
 	info->backend_name = b->be != NULL ? b->be->name : "-";
 	info->bytes[TCPPROXY_UPSTREAM] = b->flow[CLIENT].bytes;
@@ -1096,13 +1699,15 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 		b->rd[CLIENT] = b->rd[SERVER] = 0;
 		return 0;
 	}
-	if (f->off > 0 && svc->bufsize - f->len < room_min(p)) {
+	if (f->off > 0 && svc->bufsize - f->len < room_min(p) +
+	    flow_reserve(b, s)) {
 		/* Full at the end but not at the start: slide down. */
 		memmove(f->buf, f->buf + f->off, f->len - f->off);
 		f->len -= f->off;
 		f->off = 0;
 	}
 	room = svc->bufsize - f->len;
+	room = room > flow_reserve(b, s) ? room - flow_reserve(b, s) : 0;
 	if (room_min(p) == 2)
 		room /= 2;	/* the hook may grow the chunk to cap */
 	if (s == CLIENT && svc->max_bytes > 0 &&
@@ -1178,6 +1783,13 @@ flow_drain(struct tcpproxy *p, struct bridge *b, int s)
 		}
 		bridge_touch(p, b);
 		f->off += (size_t)n;
+		if (b->hdr > 0 && s == CLIENT) {
+			/* A PROXY header is not the client's bytes. */
+			size_t h = (size_t)n < b->hdr ? (size_t)n : b->hdr;
+
+			b->hdr = (unsigned short)(b->hdr - h);
+			n -= (ssize_t)h;
+		}
 		f->bytes += (unsigned long long)n;
 		if (f->off < f->len)
 			return;
@@ -1200,10 +1812,15 @@ want(const struct tcpproxy *p, const struct bridge *b, int s)
 {
 	const struct flow *f = &b->flow[s];
 	/* Room for a read, once the queue is slid down (see flow_read). */
-	int room = f->len - f->off + room_min(p) <= b->svc->bufsize;
+	int room = f->len - f->off + room_min(p) + flow_reserve(b, s) <=
+	    b->svc->bufsize;
 	short ev = 0;
 
 	switch (b->state) {
+	case BRIDGE_PREAMBLE:
+		if (s == SERVER)
+			return 0;
+		break;
 	case BRIDGE_WAIT_FD:
 	case BRIDGE_CONNECTING:
 		/* The client's early bytes wait for whichever backend answers. */
@@ -1357,6 +1974,21 @@ bridge_assign(struct tcpproxy *p, struct bridge *b, size_t i)
 }
 
 /*
+ * Returns how many backends b may use, from *lo on: its route's one, or
+ * its service's own.
+ */
+static size_t
+plan_range(const struct bridge *b, size_t *lo)
+{
+	if (b->route > 0) {
+		*lo = b->svc->nown + b->route - 1U;
+		return 1;
+	}
+	*lo = 0;
+	return b->svc->nown;
+}
+
+/*
  * Returns the backend where b's policy order starts: for roundrobin the
  * next in turn, for source a hash of the client's address, for first the
  * first, for leastconn the usable one with the fewest open bridges (ties
@@ -1366,10 +1998,11 @@ static size_t
 plan_start(const struct tcpproxy *p, struct service *svc,
     const struct bridge *b)
 {
-	size_t n = svc->nbackends, k, i, best = n;
+	size_t lo, n = plan_range(b, &lo), k, i, best = n;
+	struct backend **be = svc->backends + lo;
 
-	if (n == 0)
-		return 0;	/* cannot be: spec_check wants one */
+	if (n <= 1)
+		return 0;	/* a route, or cannot be: spec_check wants one */
 	switch (svc->balance) {
 	case TCPPROXY_BALANCE_FIRST:
 		return 0;
@@ -1378,8 +2011,8 @@ plan_start(const struct tcpproxy *p, struct service *svc,
 	case TCPPROXY_BALANCE_LEASTCONN:
 		for (k = 0; k < n; k++) {
 			i = (svc->st->rr + k) % n;
-			if (backend_usable(p, svc->backends[i]) && (best == n ||
-			    svc->backends[i]->open < svc->backends[best]->open))
+			if (backend_usable(p, be[i]) && (best == n ||
+			    be[i]->open < be[best]->open))
 				best = i;
 		}
 		svc->st->rr++;
@@ -1399,12 +2032,12 @@ static int
 plan_next(struct tcpproxy *p, struct bridge *b)
 {
 	struct service *svc = b->svc;
-	size_t n = svc->nbackends, k, i;
+	size_t lo, n = plan_range(b, &lo), k, i;
 	int pass;
 
 	for (pass = 0; pass < 2; pass++) {
 		for (k = 0; k < n; k++) {
-			i = (b->start + k) % n;
+			i = lo + (b->start + k) % n;
 			if (b->tried[i / 8] & (1u << (i % 8)))
 				continue;
 			if (pass == 0 && !backend_usable(p, svc->backends[i]))
@@ -1435,17 +2068,17 @@ connect_reason(int err)
 static int
 socket_connect(const struct service *svc, const struct addr *a)
 {
-	int fd;
+	/* A Unix socket has no source address to choose. */
+	int fd, bound = svc->source.len > 0 && a->ss.ss_family != AF_UNIX;
 
-	if (svc->source.len > 0 && svc->source.ss.ss_family !=
-	    a->ss.ss_family) {
+	if (bound && svc->source.ss.ss_family != a->ss.ss_family) {
 		errno = EAFNOSUPPORT;
 		return -1;
 	}
 	if ((fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_FLAGS, 0)) == -1)
 		return -1;
-	if (sock_prepare(fd) == -1 ||
-	    (svc->source.len > 0 && bind(fd, (const struct sockaddr *)
+	if (sock_prepare(svc->keepalive, fd) == -1 ||
+	    (bound && bind(fd, (const struct sockaddr *)
 	    &svc->source.ss, svc->source.len) == -1) ||
 	    (connect(fd, (const struct sockaddr *)&a->ss, a->len) == -1 &&
 	    errno != EINPROGRESS && errno != EINTR)) {
@@ -1517,6 +2150,49 @@ server_retry(struct tcpproxy *p, struct bridge *b, int err)
 	(void)server_connect(p, b, err);
 }
 
+/*
+ * Queues a PROXY header before the client's first bytes as a connect to
+ * a backend succeeds, so that a retry sends a fresh one.  It carries the
+ * addresses of the client's own header, or else of its socket.  The
+ * flow kept room for it (flow_reserve).  Returns 0, or -1 out of memory.
+ */
+static int
+proxy_queue(struct bridge *b)
+{
+	struct flow *f = &b->flow[CLIENT];
+	struct sockaddr_storage peer, local;
+	const struct sockaddr_storage *src = &peer, *dst = &local;
+	unsigned char hdr[PROXY_HDR_MAX];
+	socklen_t len;
+	size_t n;
+
+	if (b->origin != NULL) {
+		src = &b->origin->src;
+		dst = &b->origin->dst;
+	} else {
+		/* A failure leaves family 0: the header says UNKNOWN. */
+		memset(&peer, 0, sizeof(peer));
+		memset(&local, 0, sizeof(local));
+		len = sizeof(peer);
+		(void)getpeername(b->fd[CLIENT], (struct sockaddr *)&peer, &len);
+		len = sizeof(local);
+		(void)getsockname(b->fd[CLIENT], (struct sockaddr *)&local,
+		    &len);
+	}
+	n = proxy_header(b->svc->send_proxy, src, dst, hdr);
+	if (buf_take(b->svc, f) == -1)
+		return -1;
+	if (f->off < n) {
+		memmove(f->buf + n, f->buf + f->off, f->len - f->off);
+		f->len = f->len - f->off + n;
+		f->off = n;
+	}
+	f->off -= n;
+	memcpy(f->buf + f->off, hdr, n);
+	b->hdr = (unsigned short)n;
+	return 0;
+}
+
 /* The server socket polled writable while connecting: did it connect? */
 static void
 server_connected(struct tcpproxy *p, struct bridge *b)
@@ -1531,6 +2207,10 @@ server_connected(struct tcpproxy *p, struct bridge *b)
 	if (err != 0) {
 		server_retry(p, b, err);
 		return;
+	}
+	if (b->svc->send_proxy && proxy_queue(b) == -1) {
+		bridge_end(b, TCPPROXY_REASON_NO_MEMORY, ENOMEM);
+		b->rd[CLIENT] = b->rd[SERVER] = 0;
 	}
 	b->state = BRIDGE_OPEN;
 	bridge_unprobe(b);
@@ -1575,9 +2255,13 @@ bridge_log_close(struct tcpproxy *p, const struct bridge *b)
 
 	if (b->error != 0)
 		snprintf(err, sizeof(err), " error=\"%s\"", strerror(b->error));
-	say(p, TCPPROXY_LOG_INFO, "close id=%lu%s client=%s server=%s up=%llu "
-	    "down=%llu duration=%.3f reason=%s%s backend=%s%s", b->id,
-	    p->worker, b->client, b->server, b->flow[CLIENT].bytes,
+	if (!(b->flags & B_OPENED))
+		return;		/* refused, or empty: no open line either */
+	say(p, TCPPROXY_LOG_INFO, "close id=%lu%s client=%s%s%s server=%s "
+	    "up=%llu down=%llu duration=%.3f reason=%s%s backend=%s%s", b->id,
+	    p->worker, b->client, b->origin != NULL ? " via=" : "",
+	    b->origin != NULL ? b->origin->via : "", bridge_server(b),
+	    b->flow[CLIENT].bytes,
 	    b->flow[SERVER].bytes, (double)(p->now - b->start_ms) / 1000.0,
 	    tcpproxy_reason_name(b->reason), err,
 	    b->be != NULL ? b->be->name : "-", b->svc->tag);
@@ -1634,7 +2318,7 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 
 	bridge_end(b, TCPPROXY_REASON_SHUTDOWN, 0);
 	bridge_log_close(p, b);
-	if (h != NULL && h->on_close != NULL) {
+	if (h != NULL && h->on_close != NULL && (b->flags & B_ADMITTED)) {
 		struct tcpproxy_bridge_info info;
 
 		bridge_info(p, b, &info);
@@ -1656,6 +2340,7 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	st->open--;
 	timer_unlink(p, b);
 	throttle_unlink(p, b);
+	free(b->origin);
 	/*
 	 * The last bridge fills the slot.  The cold sweep has polled the
 	 * slots before the cursor: a slot there is filled by the last polled
@@ -1733,6 +2418,33 @@ acl_match(const struct acl *a, const unsigned char key[KEY_LEN],
 	    (0xff00 >> rest)) == 0;
 }
 
+/* Formats the bare address of a client name for patterns: "10.0.0.1". */
+static void
+acl_text(const char *client, const unsigned char key[KEY_LEN], char *text,
+    size_t size)
+{
+	char *colon;
+
+	snprintf(text, size, "%s", client[0] == '[' ? client + 1 : client);
+	if ((colon = strrchr(text, client[0] == '[' ? ']' : ':')) != NULL)
+		*colon = '\0';
+	if (key[0] == 4 && strncmp(text, "::ffff:", 7) == 0)
+		memmove(text, text + 7, strlen(text + 7) + 1);
+}
+
+/* Returns whether any of the n entries of an access list matches. */
+static int
+acl_any(const struct acl *list, size_t n, const unsigned char key[KEY_LEN],
+    const char *text)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (acl_match(&list[i], key, text))
+			return 1;
+	return 0;
+}
+
 /*
  * Returns NULL if svc's access lists admit the client, else the reason:
  * "denied" (a deny entry matched) or "not-allowed" (no allow entry did),
@@ -1742,27 +2454,29 @@ static const char *
 acl_check(const struct service *svc, const unsigned char key[KEY_LEN],
     const char *client)
 {
-	char text[ADDR_NAME_MAX], *colon;
-	size_t i;
+	char text[ADDR_NAME_MAX];
 
 	if (svc->nallow + svc->ndeny == 0)
 		return NULL;
-	/* Patterns see the bare address: "10.0.0.1", "::1". */
-	snprintf(text, sizeof(text), "%s", client[0] == '[' ? client + 1 :
-	    client);
-	if ((colon = strrchr(text, client[0] == '[' ? ']' : ':')) != NULL)
-		*colon = '\0';
-	if (key[0] == 4 && strncmp(text, "::ffff:", 7) == 0)
-		memmove(text, text + 7, strlen(text + 7) + 1);
-	for (i = svc->nallow; i < svc->nallow + svc->ndeny; i++)
-		if (acl_match(&svc->acl[i], key, text))
-			return "denied";
-	if (svc->nallow == 0)
+	acl_text(client, key, text, sizeof(text));
+	if (acl_any(svc->acl + svc->nallow, svc->ndeny, key, text))
+		return "denied";
+	if (svc->nallow == 0 || acl_any(svc->acl, svc->nallow, key, text))
 		return NULL;
-	for (i = 0; i < svc->nallow; i++)
-		if (acl_match(&svc->acl[i], key, text))
-			return NULL;
 	return "not-allowed";
+}
+
+/* Returns whether the peer of b may send a PROXY header (--proxy-from). */
+static int
+proxy_trusted(const struct bridge *b)
+{
+	char text[ADDR_NAME_MAX];
+
+	if (b->svc->ntrusted == 0)
+		return 1;
+	acl_text(b->client, b->key, text, sizeof(text));
+	return b->key[0] != 0 && acl_any(b->svc->trusted, b->svc->ntrusted,
+	    b->key, text);
 }
 
 /*
@@ -1802,12 +2516,260 @@ bridge_admit(struct tcpproxy *p, struct bridge *b, const struct sockaddr *sa,
 		    TCPPROXY_PASS)
 			return "hook";
 	}
+	b->flags |= B_ADMITTED;
 	return NULL;
+}
+
+/* Logs that b is refused and why, and tells the on_refuse hook. */
+static void
+refuse_log(struct tcpproxy *p, struct bridge *b, const char *why,
+    const struct sockaddr *sa, socklen_t salen)
+{
+	const struct tcpproxy_hooks *h = p->cfg.hooks;
+
+	say(p, TCPPROXY_LOG_INFO, "refuse id=%lu client=%s%s%s reason=%s%s",
+	    b->id, b->client, b->origin != NULL ? " via=" : "",
+	    b->origin != NULL ? b->origin->via : "", why, b->svc->tag);
+	b->svc->st->refused++;
+	if (h != NULL && h->on_refuse != NULL) {
+		struct tcpproxy_bridge_info info;
+
+		bridge_info(p, b, &info);
+		info.client = sa;
+		info.client_len = salen;
+		h->on_refuse(h->user, &info, why);
+	}
+}
+
+/*
+ * Chooses b's backend and starts connecting: the end of the admit and
+ * preamble stages.  sni is the server name the client asked for, or
+ * NULL.  Returns 1 if b was closed.
+ */
+static int
+bridge_start(struct tcpproxy *p, struct bridge *b, const char *sni)
+{
+	struct service *svc = b->svc;
+
+	svc->st->total++;
+	b->state = BRIDGE_CONNECTING;	/* server_connect says what it is */
+	timer_unlink(p, b);
+	/* The policy's choice, or if it is down the next usable one. */
+	b->start = plan_start(p, svc, b);
+	(void)plan_next(p, b);
+	memcpy(b->server, b->be->addrs[0].name, sizeof(b->server));
+	b->flags |= B_OPENED;
+	say(p, TCPPROXY_LOG_INFO, "open id=%lu%s client=%s%s%s server=%s%s%s%s",
+	    b->id, p->worker, b->client, b->origin != NULL ? " via=" : "",
+	    b->origin != NULL ? b->origin->via : "", bridge_server(b),
+	    sni != NULL ? " sni=" : "", sni != NULL ? sni : "", svc->tag);
+	/* Out of descriptors, it waits; it fails only with no backend. */
+	if (server_connect(p, b, 0) == -1) {
+		bridge_close(p, b);
+		return 1;
+	}
+	return bridge_settle(p, b);
+}
+
+/*
+ * Refuses b, a bridge still in PREAMBLE, for the reason why (logged
+ * unless NULL: an empty connection, a load balancer's plain check, is
+ * not worth a line), and closes it.
+ */
+static void
+bridge_refuse(struct tcpproxy *p, struct bridge *b, const char *why)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (why != NULL) {
+		if (getpeername(b->fd[CLIENT], (struct sockaddr *)&ss, &len) ==
+		    -1)
+			len = 0;
+		refuse_log(p, b, why, len > 0 ? (struct sockaddr *)&ss : NULL,
+		    len);
+	} else {
+		say(p, TCPPROXY_LOG_DEBUG, "empty id=%lu client=%s%s", b->id,
+		    b->client, b->svc->tag);
+	}
+	bridge_end(b, TCPPROXY_REASON_CLIENT_CLOSED, 0);
+	bridge_close(p, b);
+}
+
+/* Returns the most bytes a preamble may take in b's client buffer. */
+static size_t
+preamble_limit(const struct tcpproxy *p, const struct bridge *b)
+{
+	/* With a data hook, what follows the preamble is its first chunk,
+	 * which may be at most half the buffer. */
+	size_t size = hooked(p) ? b->svc->bufsize / 2 : b->svc->bufsize;
+
+	return size - flow_reserve(b, CLIENT);
+}
+
+/*
+ * The client's PROXY header is complete: takes its addresses as the
+ * client's (the peer becomes via=) and drops it from the buffer.
+ * Returns 0, or -1 out of memory.
+ */
+static int
+preamble_proxy(struct bridge *b, const struct proxy_hdr *h)
+{
+	struct flow *f = &b->flow[CLIENT];
+
+	f->off += h->len;
+	f->taken -= h->len;
+	memmove(f->buf, f->buf + f->off, f->len - f->off);
+	f->len -= f->off;
+	f->off = 0;
+	if (h->local)
+		return 0;
+	if ((b->origin = calloc(1, sizeof(*b->origin))) == NULL)
+		return -1;
+	b->origin->src = h->src;
+	b->origin->srclen = h->srclen;
+	b->origin->dst = h->dst;
+	memcpy(b->origin->via, b->client, sizeof(b->origin->via));
+	(void)addr_key((const struct sockaddr *)&h->src, b->key);
+	addr_name((const struct sockaddr *)&h->src, h->srclen, b->client,
+	    sizeof(b->client));
+	return 0;
+}
+
+/*
+ * The preamble is over: what the client sent after it is its first
+ * chunk, which the data hook sees and --max-bytes counts like any other.
+ */
+static void
+preamble_payload(struct tcpproxy *p, struct bridge *b)
+{
+	struct service *svc = b->svc;
+	struct flow *f = &b->flow[CLIENT];
+	size_t len = f->len;
+
+	if (len == 0) {
+		buf_give(svc, f);
+		return;
+	}
+	if (svc->max_bytes > 0 && f->taken >= svc->max_bytes) {
+		len -= (size_t)(f->taken - svc->max_bytes);
+		f->taken = svc->max_bytes;
+	}
+	if (hooked(p))
+		len = flow_hook(p, b, CLIENT, 0, len, 0);
+	f->len = len;
+	if (svc->max_bytes > 0 && f->taken == svc->max_bytes) {
+		bridge_end(b, TCPPROXY_REASON_MAX_BYTES, 0);
+		side_eof(p, b, CLIENT);
+	}
+	if (f->len == 0)
+		buf_give(svc, f);
+}
+
+/*
+ * Parses what b's client sent so far: its PROXY header, then its TLS
+ * ClientHello.  With final, no more bytes will come (EOF, the preamble
+ * timeout).  Returns 1 if b was closed.
+ */
+static int
+preamble_parse(struct tcpproxy *p, struct bridge *b, int final)
+{
+	struct service *svc = b->svc;
+	struct flow *f = &b->flow[CLIENT];
+	const unsigned char *buf = (const unsigned char *)f->buf;
+	char name[256] = "";
+	const char *why;
+
+	if (b->flags & B_PROXY) {
+		struct proxy_hdr h;
+		int r = proxy_parse(buf, f->len, preamble_limit(p, b), &h);
+
+		if (r == PRE_MORE && !final)
+			return bridge_settle(p, b);
+		if (r != PRE_DONE) {
+			bridge_refuse(p, b, f->len == 0 ? NULL : r == PRE_MORE ?
+			    "proxy-truncated" : h.why);
+			return 1;
+		}
+		b->flags &= (unsigned char)~B_PROXY;
+		if (preamble_proxy(b, &h) == -1) {
+			bridge_refuse(p, b, "no-memory");
+			return 1;
+		}
+		if ((why = bridge_admit(p, b, b->origin != NULL ?
+		    (const struct sockaddr *)&b->origin->src : NULL,
+		    b->origin != NULL ? b->origin->srclen : 0)) != NULL) {
+			bridge_refuse(p, b, why);
+			return 1;
+		}
+	}
+	if (b->flags & B_SNI) {
+		size_t i;
+		int r = sni_parse(buf, f->len, preamble_limit(p, b), name,
+		    sizeof(name));
+
+		if (r == PRE_MORE && !final)
+			return bridge_settle(p, b);
+		if (r != PRE_DONE)
+			name[0] = '\0';	/* not TLS, or not readable: no name */
+		for (i = 0; name[0] != '\0' && i < svc->nroutes; i++)
+			if (sni_match(svc->routes[i], name)) {
+				b->route = (unsigned short)(i + 1);
+				break;
+			}
+		b->flags &= (unsigned char)~B_SNI;
+	}
+	if (f->buf != NULL)
+		preamble_payload(p, b);
+	return bridge_start(p, b, name[0] != '\0' ? name : NULL);
+}
+
+/*
+ * Reads what b's client sent while b is in PREAMBLE, into its buffer,
+ * and parses it.  Returns 1 if b was closed.
+ */
+static int
+preamble_read(struct tcpproxy *p, struct bridge *b)
+{
+	struct flow *f = &b->flow[CLIENT];
+	size_t limit = preamble_limit(p, b);
+	ssize_t n;
+
+	if (buf_take(b->svc, f) == -1) {
+		bridge_refuse(p, b, "no-memory");
+		return 1;
+	}
+	/* A parser that wanted more had fewer than limit bytes. */
+	n = recv(b->fd[CLIENT], f->buf + f->len, limit - f->len, 0);
+	if (n < 0) {
+		if (errno == EINTR || WOULD_BLOCK(errno)) {
+			if (f->len == 0)
+				buf_give(b->svc, f);
+			return bridge_settle(p, b);
+		}
+		say(p, TCPPROXY_LOG_DEBUG, "preamble id=%lu client=%s: %s",
+		    b->id, b->client, strerror(errno));
+		bridge_refuse(p, b, NULL);
+		return 1;
+	}
+	if (n == 0) {
+		if (f->len == 0) {
+			bridge_refuse(p, b, NULL);
+			return 1;
+		}
+		side_eof(p, b, CLIENT);
+		return preamble_parse(p, b, 1);
+	}
+	f->len += (size_t)n;
+	f->taken += (unsigned long long)n;
+	return preamble_parse(p, b, 0);
 }
 
 /*
  * Opens a bridge for a client freshly accepted by listener l; on any
- * failure the client's connection is closed.
+ * failure the client's connection is closed.  A service that reads a
+ * preamble admits the client once it has read the PROXY header (whose
+ * address is then the client's), and connects once it knows the route.
  */
 static void
 bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
@@ -1815,9 +2777,9 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 {
 	struct service *svc = l->svc;
 	struct bridge *b;
-	const char *why;
+	const char *why = NULL;
 
-	if (sock_prepare(cfd) == -1 || table_grow(p) == -1 ||
+	if (sock_prepare(svc->keepalive, cfd) == -1 || table_grow(p) == -1 ||
 	    (b = calloc(1, sizeof(*b) + (svc->nbackends + 7) / 8)) == NULL) {
 		say(p, TCPPROXY_LOG_ERROR, "accept: %s", strerror(errno));
 		fd_close(cfd);
@@ -1827,7 +2789,7 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 	b->fd[SERVER] = -1;
 	b->rd[CLIENT] = b->rd[SERVER] = b->wr[CLIENT] = b->wr[SERVER] = 1;
 	b->timer = TIMER_NONE;
-	b->state = BRIDGE_CONNECTING;	/* server_connect says what it is */
+	b->state = BRIDGE_PREAMBLE;
 	b->start_ms = b->last = p->now;
 	b->flow[CLIENT].tokens = b->flow[SERVER].tokens = svc->burst;
 	b->flow[CLIENT].stamp = b->flow[SERVER].stamp = p->now;
@@ -1835,43 +2797,35 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 	b->svc = svc;
 	(void)addr_key(sa, b->key);
 	addr_name(sa, salen, b->client, sizeof(b->client));
-	if ((why = bridge_admit(p, b, sa, salen)) != NULL) {
-		say(p, TCPPROXY_LOG_INFO, "refuse id=%lu client=%s reason=%s%s",
-		    b->id, b->client, why, svc->tag);
-		svc->st->refused++;
-		if (p->cfg.hooks != NULL && p->cfg.hooks->on_refuse != NULL) {
-			struct tcpproxy_bridge_info info;
-
-			bridge_info(p, b, &info);
-			info.client = sa;
-			info.client_len = salen;
-			p->cfg.hooks->on_refuse(p->cfg.hooks->user, &info, why);
-		}
+	if (svc->accept_proxy) {
+		b->flags |= B_PROXY;
+		if (!proxy_trusted(b))
+			why = "proxy-untrusted";
+	} else {
+		why = bridge_admit(p, b, sa, salen);
+	}
+	if (why != NULL) {
+		refuse_log(p, b, why, sa, salen);
 		if (b->src != NULL)
 			source_put(svc->st, b->src);
 		fd_close(cfd);
 		free(b);
 		return;
 	}
+	if (svc->nroutes > 0)
+		b->flags |= B_SNI;
 	svc->refs++;
 	svc->st->open++;
-	svc->st->total++;
 	b->slot = p->nbridges++;
 	p->tab[b->slot] = b;
 	b->active = p->now;
 	bridge_heat(p, b);
-	/* The policy's choice, or if it is down the next usable one. */
-	b->start = plan_start(p, svc, b);
-	(void)plan_next(p, b);
-	memcpy(b->server, b->be->addrs[0].name, sizeof(b->server));
-	say(p, TCPPROXY_LOG_INFO, "open id=%lu%s client=%s server=%s%s", b->id,
-	    p->worker, b->client, b->server, svc->tag);
-	/* Out of descriptors, it waits; it fails only with no backend. */
-	if (server_connect(p, b, 0) == -1) {
-		bridge_close(p, b);
+	if (b->flags & (B_PROXY | B_SNI)) {
+		timer_set(p, b, TIMER_PREAMBLE);
+		(void)bridge_settle(p, b);
 		return;
 	}
-	(void)bridge_settle(p, b);
+	(void)bridge_start(p, b, NULL);
 }
 
 /* ---- the loop ---- */
@@ -1964,16 +2918,27 @@ listener_accept(struct tcpproxy *p, size_t i)
 	listeners_update(p);
 }
 
+/*
+ * Closes a listener; a Unix socket's file goes with it, if this process
+ * made it (a worker leaves it to its parent).
+ */
+static void
+listener_close(struct listener *l)
+{
+	if (l->fd >= 0 && l->a.ss.ss_family == AF_UNIX && l->owner == getpid())
+		(void)unlink(((struct sockaddr_un *)(void *)&l->a.ss)->sun_path);
+	fd_close(l->fd);
+	l->fd = -1;
+}
+
 /* Closes the listeners: after a stop, new clients are refused. */
 static void
 listeners_close(struct tcpproxy *p)
 {
 	size_t i;
 
-	for (i = 0; i < p->nlisten; i++) {
-		fd_close(p->lis[i].fd);
-		p->lis[i].fd = -1;
-	}
+	for (i = 0; i < p->nlisten; i++)
+		listener_close(&p->lis[i]);
 	p->accepting = ACCEPT_OFF;
 	listeners_update(p);
 }
@@ -2079,6 +3044,14 @@ checks_handle(struct tcpproxy *p)
 		if (getsockopt(be->check_fd, SOL_SOCKET, SO_ERROR, &err,
 		    &len) == -1)
 			err = errno;
+		if (err == 0 && svc->send_proxy) {
+			/* What the spec prescribes for a check: v2 LOCAL, v1
+			 * UNKNOWN; best effort, the connect is the verdict. */
+			unsigned char hdr[PROXY_HDR_MAX];
+			size_t n = proxy_header(svc->send_proxy, NULL, NULL, hdr);
+
+			(void)send(be->check_fd, hdr, n, SEND_FLAGS);
+		}
 		if (err != EINPROGRESS)
 			check_done(p, svc, be, err);
 	}
@@ -2190,6 +3163,15 @@ service_expire(struct tcpproxy *p, struct service *svc)
 	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
 		bridge_end(b, TCPPROXY_REASON_IDLE_TIMEOUT, 0);
 		bridge_close(p, b);
+	}
+	/* A PROXY header is due; a ClientHello only decides the route. */
+	l = &svc->timers[TIMER_PREAMBLE];
+	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
+		timer_unlink(p, b);
+		if (b->flags & B_PROXY)
+			bridge_refuse(p, b, "proxy-timeout");
+		else
+			(void)preamble_parse(p, b, 1);
 	}
 	service_put(p, svc);
 }
@@ -2326,6 +3308,9 @@ bridge_handle(struct tcpproxy *p, struct bridge *b)
 
 	b->active = p->now;
 	bridge_heat(p, b);
+	if (b->state == BRIDGE_PREAMBLE)
+		return rev[CLIENT] != 0 && b->rd[CLIENT] ?
+		    preamble_read(p, b) : bridge_settle(p, b);
 	if (b->state == BRIDGE_CONNECTING && rev[SERVER] != 0) {
 		server_connected(p, b);
 		rev[SERVER] = 0;
@@ -2590,8 +3575,40 @@ dup_str(const char *s, int *bad)
 }
 
 /*
+ * Returns the path of a Unix socket endpoint written as host with no
+ * port ("unix:" in front is optional).
+ */
+static const char *
+unix_path(const char *host)
+{
+	return strncmp(host, "unix:", 5) == 0 ? host + 5 : host;
+}
+
+/* Returns whether host (with no port) is a Unix socket path that fits. */
+static int
+unix_path_ok(const char *host)
+{
+	struct sockaddr_un sun;
+
+	return host != NULL && unix_path(host)[0] != '\0' &&
+	    strlen(unix_path(host)) < sizeof(sun.sun_path);
+}
+
+/* Formats an endpoint as written: "HOST:PORT", "[V6]:PORT" or a path. */
+static void
+endpoint_name(const char *host, const char *port, char *buf, size_t size)
+{
+	if (port == NULL || *port == '\0')
+		snprintf(buf, size, "%s", unix_path(host));
+	else
+		snprintf(buf, size, strchr(host, ':') != NULL ? "[%s]:%s" :
+		    "%s:%s", host, port);
+}
+
+/*
  * Resolves host:port into a fresh array of addresses, without repeats;
- * returns it with its length in *n, or NULL with the reason in err.
+ * returns it with its length in *n, or NULL with the reason in err.  A
+ * port NULL or "" makes host a Unix socket's path.
  */
 static struct addr *
 addrs_resolve(const char *host, const char *port, int passive, size_t *n,
@@ -2602,6 +3619,25 @@ addrs_resolve(const char *host, const char *port, int passive, size_t *n,
 	size_t count;
 
 	*n = 0;
+	if (port == NULL || *port == '\0') {
+		struct sockaddr_un *sun;
+
+		if (!unix_path_ok(host))
+			return fail(err, errlen, ENAMETOOLONG, "socket path "
+			    "'%s' is too long (at most %lu bytes)", host != NULL ?
+			    host : "", (unsigned long)sizeof(sun->sun_path) - 1);
+		if ((a = calloc(1, sizeof(*a))) == NULL)
+			return fail(err, errlen, ENOMEM, "out of memory");
+		sun = (struct sockaddr_un *)(void *)&a->ss;
+		sun->sun_family = AF_UNIX;
+		strcpy(sun->sun_path, unix_path(host));
+		a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
+		    strlen(sun->sun_path) + 1);
+		snprintf(a->name, sizeof(a->name), "%s", sun->sun_path);
+		*n = 1;
+		(void)passive;
+		return a;
+	}
 	if (resolve(host, port, passive, &res, &count, err, errlen) == -1)
 		return NULL;
 	if ((a = calloc(count, sizeof(*a))) == NULL) {
@@ -2678,6 +3714,12 @@ service_free(struct service *svc)
 	for (i = 0; i < svc->nallow + svc->ndeny; i++)
 		free(svc->acl[i].glob);
 	free(svc->acl);
+	for (i = 0; i < svc->ntrusted; i++)
+		free(svc->trusted[i].glob);
+	free(svc->trusted);
+	for (i = 0; i < svc->nroutes; i++)
+		free(svc->routes[i]);
+	free(svc->routes);
 	for (i = 0; i < svc->nspare; i++)
 		free(svc->spare[i]);
 	free(svc->spare);
@@ -2774,6 +3816,22 @@ spec_where(const struct tcpproxy_service *spec, char *buf, size_t size)
 	return buf;
 }
 
+/*
+ * Returns whether a --sni pattern is a host name, or "*." and one: the
+ * letters, digits, '-', '_' and '.' a server name may have.
+ */
+static int
+sni_pattern_ok(const char *s)
+{
+	if (s == NULL)
+		return 0;
+	if (s[0] == '*' && s[1] == '.')
+		s += 2;
+	return s[0] != '\0' && strlen(s) < 256 && s[strspn(s,
+	    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")]
+	    == '\0';
+}
+
 /* Checks the settings of a service that need no resolver; 0 or -1. */
 static int
 spec_check(const struct tcpproxy_service *spec, char *err, size_t errlen)
@@ -2782,21 +3840,33 @@ spec_check(const struct tcpproxy_service *spec, char *err, size_t errlen)
 	size_t i;
 
 	spec_where(spec, w, sizeof(w));
-	if (spec->local_port == NULL || !port_ok(spec->local_port, 1))
+	if (spec->local_port == NULL || *spec->local_port == '\0' ?
+	    !unix_path_ok(spec->local_host) : !port_ok(spec->local_port, 1))
 		return failed(err, errlen, EINVAL, "%sinvalid local port '%s'",
 		    w, spec->local_port ? spec->local_port : "");
 	if (spec->nbackends == 0 || spec->backends == NULL)
 		return failed(err, errlen, EINVAL, "%sno backend", w);
-	for (i = 0; i < spec->nbackends; i++)
-		if (spec->backends[i].host == NULL ||
-		    spec->backends[i].port == NULL ||
-		    !port_ok(spec->backends[i].port, 0))
+	for (i = 0; i < spec->nbackends + spec->nroutes; i++) {
+		const struct tcpproxy_backend *be = i < spec->nbackends ?
+		    &spec->backends[i] :
+		    &spec->routes[i - spec->nbackends].backend;
+
+		if (be->host == NULL || (be->port == NULL || *be->port == '\0' ?
+		    !unix_path_ok(be->host) : !port_ok(be->port, 0)))
 			return failed(err, errlen, EINVAL, "%sinvalid backend "
-			    "port '%s'", w, spec->backends[i].port ?
-			    spec->backends[i].port : "");
+			    "port '%s'", w, be->port ? be->port : "");
+	}
+	for (i = 0; i < spec->nroutes; i++)
+		if (!sni_pattern_ok(spec->routes[i].pattern))
+			return failed(err, errlen, EINVAL, "%sinvalid --sni "
+			    "pattern '%s'", w, spec->routes[i].pattern != NULL ?
+			    spec->routes[i].pattern : "");
 	if (!(spec->connect_timeout >= 0) || !(spec->idle_timeout >= 0) ||
 	    !(spec->down_time >= 0) || !(spec->health_check >= 0) ||
-	    spec->balance > TCPPROXY_BALANCE_FIRST)
+	    !(spec->proxy_timeout >= 0) || !(spec->keepalive_idle >= 0) ||
+	    spec->balance > TCPPROXY_BALANCE_FIRST ||
+	    spec->send_proxy > TCPPROXY_PROXY_V2 || spec->nroutes > 65535 ||
+	    spec->socket_mode > 07777)
 		return failed(err, errlen, EINVAL, "%sinvalid configuration",
 		    w);
 	return 0;
@@ -2822,8 +3892,10 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 	if ((svc = calloc(1, sizeof(*svc))) == NULL ||
 	    (svc->st = calloc(1, sizeof(*svc->st))) == NULL ||
 	    /* One more than needed: never calloc(0), whatever spec says. */
-	    (svc->backends = calloc(spec->nbackends + 1,
+	    (svc->backends = calloc(spec->nbackends + spec->nroutes + 1,
 	    sizeof(struct backend *))) == NULL ||
+	    (svc->routes = calloc(spec->nroutes + 1, sizeof(char *))) ==
+	    NULL ||
 	    (svc->spare = calloc(TCPPROXY_SPARE_BUFFERS,
 	    sizeof(*svc->spare))) == NULL)
 		goto nomem;
@@ -2832,14 +3904,15 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 	if (spec->name != NULL)
 		snprintf(name, sizeof(name), "%s", spec->name);
 	else
-		snprintf(name, sizeof(name), "%s:%s", spec->local_host != NULL ?
-		    spec->local_host : "*", spec->local_port);
+		endpoint_name(spec->local_host != NULL ? spec->local_host : "*",
+		    spec->local_port, name, sizeof(name));
 	svc->name = dup_str(name, &bad);
 	svc->st->name = dup_str(name, &bad);
 	svc->where = dup_str(w, &bad);
 	svc->local_host = dup_str(spec->local_host != NULL ?
 	    spec->local_host : "", &bad);
-	svc->local_port = dup_str(spec->local_port, &bad);
+	svc->local_port = dup_str(spec->local_port != NULL ?
+	    spec->local_port : "", &bad);
 	if (bad)
 		goto nomem;
 	svc->balance = spec->balance;
@@ -2858,6 +3931,20 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 	svc->timers[TIMER_CONNECT].timeout =
 	    secs_to_ms(spec->connect_timeout);
 	svc->timers[TIMER_IDLE].timeout = secs_to_ms(spec->idle_timeout);
+	svc->send_proxy = (int)spec->send_proxy;
+	svc->accept_proxy = spec->accept_proxy;
+	if (spec->accept_proxy || spec->nroutes > 0)
+		svc->timers[TIMER_PREAMBLE].timeout =
+		    secs_to_ms(spec->proxy_timeout);
+	/* A preamble and a header to send need room beside the bytes. */
+	if ((spec->accept_proxy || spec->nroutes > 0 || spec->send_proxy) &&
+	    svc->bufsize < TCPPROXY_PREAMBLE_BUFFER)
+		svc->bufsize = TCPPROXY_PREAMBLE_BUFFER;
+	if (spec->keepalive)
+		svc->keepalive = spec->keepalive_idle >= 1 ?
+		    (spec->keepalive_idle < 86400 ?
+		    (int)spec->keepalive_idle : 86400) : 1;
+	svc->socket_mode = spec->socket_mode;
 	/* A bucket of 1/20 s: smooth, yet reads stay worth a system call. */
 	svc->burst = (double)spec->rate / 20;
 	if (svc->burst > (double)svc->bufsize)
@@ -2865,23 +3952,31 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 	if (svc->burst < 1)
 		svc->burst = 1;
 	if ((svc->acl = calloc(spec->nallow + spec->ndeny + 1,
-	    sizeof(*svc->acl))) == NULL)
+	    sizeof(*svc->acl))) == NULL ||
+	    (svc->trusted = calloc(spec->nproxy_from + 1,
+	    sizeof(*svc->trusted))) == NULL)
 		goto nomem;
-	for (i = 0; i < spec->nallow + spec->ndeny; i++) {
+	n = spec->nallow + spec->ndeny;
+	for (i = 0; i < n + spec->nproxy_from; i++) {
 		const char *s = i < spec->nallow ? spec->allow[i] :
-		    spec->deny[i - spec->nallow];
+		    i < n ? spec->deny[i - spec->nallow] :
+		    spec->proxy_from[i - n];
+		struct acl *a = i < n ? &svc->acl[i] : &svc->trusted[i - n];
 
-		if (acl_parse(s, &svc->acl[i]) == -1) {
+		if (acl_parse(s, a) == -1) {
 			fail(err, errlen, EINVAL, "%sinvalid %s '%s': not an "
 			    "address, CIDR block or pattern", w,
-			    i < spec->nallow ? "allow" : "deny", s);
+			    i < spec->nallow ? "allow" : i < n ? "deny" :
+			    "--proxy-from", s);
 			service_free(svc);
 			return NULL;
 		}
 		if (i < spec->nallow)
 			svc->nallow++;
-		else
+		else if (i < n)
 			svc->ndeny++;
+		else
+			svc->ntrusted++;
 	}
 	if (spec->source != NULL) {
 		struct addr *a = addrs_resolve(spec->source, "0", 1, &n, msg,
@@ -2895,10 +3990,19 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 		svc->source = a[0];
 		free(a);
 	}
-	for (i = 0; i < spec->nbackends; i++) {
-		const struct tcpproxy_backend *sb = &spec->backends[i];
+	/* Its own backends, then one per route. */
+	svc->nown = spec->nbackends;
+	for (i = 0; i < spec->nbackends + spec->nroutes; i++) {
+		const struct tcpproxy_backend *sb = i < spec->nbackends ?
+		    &spec->backends[i] :
+		    &spec->routes[i - spec->nbackends].backend;
 		struct backend *be;
 
+		if (i >= spec->nbackends) {
+			svc->routes[svc->nroutes] = dup_str(
+			    spec->routes[i - spec->nbackends].pattern, &bad);
+			svc->nroutes++;
+		}
 		if ((be = calloc(1, sizeof(*be))) == NULL)
 			goto nomem;
 		svc->backends[svc->nbackends++] = be;
@@ -2906,8 +4010,7 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 		be->check_fd = -1;
 		be->host = dup_str(sb->host, &bad);
 		be->port = dup_str(sb->port, &bad);
-		snprintf(name, sizeof(name), strchr(sb->host, ':') != NULL ?
-		    "[%s]:%s" : "%s:%s", sb->host, sb->port);
+		endpoint_name(sb->host, sb->port, name, sizeof(name));
 		be->name = dup_str(name, &bad);
 		if (bad)
 			goto nomem;
@@ -3039,18 +4142,6 @@ bad:
 	return NULL;
 }
 
-/* Returns the port of an address. */
-static int
-addr_port(const struct addr *a)
-{
-	if (a->ss.ss_family == AF_INET)
-		return ntohs(((const struct sockaddr_in *)(const void *)
-		    &a->ss)->sin_port);
-	if (a->ss.ss_family == AF_INET6)
-		return ntohs(((const struct sockaddr_in6 *)(const void *)
-		    &a->ss)->sin6_port);
-	return 0;
-}
 
 /* Returns whether two socket addresses are equal (port too, if ports). */
 static int
@@ -3080,6 +4171,8 @@ addr_is_self(const struct addr *t, const struct addr *l)
 
 	if (l->ss.ss_family != t->ss.ss_family)
 		return 0;
+	if (l->ss.ss_family == AF_UNIX)
+		return addr_equal(t, l, 1);
 	if (l->ss.ss_family == AF_INET) {
 		const struct sockaddr_in *a = (const void *)&l->ss;
 		const struct sockaddr_in *r = (const void *)&t->ss;
@@ -3137,7 +4230,7 @@ plan_abandon(struct tcpproxy *p, struct listener *lis, size_t n)
 				kept = 1;
 			}
 		if (!kept)
-			fd_close(lis[i].fd);
+			listener_close(&lis[i]);
 	}
 	free(lis);
 }
@@ -3190,8 +4283,9 @@ listeners_plan(struct tcpproxy *p, struct service *head, size_t *n,
 				grown->kept = 1;
 				l->fd = grown->fd;
 				l->a = grown->a;
+				l->owner = grown->owner;
 			} else if ((l->fd = listen_on((struct sockaddr *)
-			    &l->a.ss, l->a.len)) == -1) {
+			    &l->a.ss, l->a.len, svc->socket_mode)) == -1) {
 				saved = errno;
 				addr_name((struct sockaddr *)&l->a.ss, l->a.len,
 				    msg, sizeof(msg));
@@ -3211,6 +4305,7 @@ listeners_plan(struct tcpproxy *p, struct service *head, size_t *n,
 				socklen_t len = sizeof(l->a.ss);
 
 				l->fresh = 1;
+				l->owner = getpid();
 				(void)getsockname(l->fd,
 				    (struct sockaddr *)&l->a.ss, &len);
 				l->a.len = len;
@@ -3272,8 +4367,12 @@ service_inherit(struct tcpproxy *p, struct service *svc)
 
 		for (j = 0; j < old->nbackends; j++) {
 			struct backend *ob = old->backends[j];
+			size_t k;
 
-			if (strcmp(ob->name, nb->name) != 0)
+			/* A name written twice keeps two records. */
+			for (k = 0; k < i && svc->backends[k] != ob; k++)
+				;
+			if (strcmp(ob->name, nb->name) != 0 || k < i)
 				continue;
 			free(ob->addrs);
 			ob->addrs = nb->addrs;
@@ -3348,7 +4447,7 @@ engine_switch(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 		service_inherit(p, svc);
 	for (i = 0; i < p->nlisten; i++)
 		if (!p->lis[i].kept)
-			fd_close(p->lis[i].fd);
+			listener_close(&p->lis[i]);
 	free(p->lis);
 	p->lis = lis;
 	p->nlisten = nlis;
@@ -3403,6 +4502,8 @@ tcpproxy_service_init(struct tcpproxy_service *svc)
 	svc->buffer_size = TCPPROXY_BUFFER_SIZE;
 	svc->fails = 1;
 	svc->down_time = TCPPROXY_DOWN_TIME;
+	svc->proxy_timeout = TCPPROXY_PROXY_TIMEOUT;
+	svc->keepalive_idle = TCPPROXY_KEEPALIVE_IDLE;
 }
 
 void
@@ -3438,6 +4539,8 @@ listeners_announce(struct tcpproxy *p)
 	for (i = 0; i < p->nlisten; i++)
 		if (p->lis[i].fresh) {
 			say(p, TCPPROXY_LOG_ERROR, "listening on %s%s",
+			    p->lis[i].a.ss.ss_family == AF_UNIX ?
+			    unix_path(p->lis[i].svc->local_host) :
 			    p->lis[i].a.name, p->lis[i].svc->tag);
 			p->lis[i].fresh = 0;
 		}
@@ -3575,7 +4678,8 @@ tcpproxy_config_check(const struct tcpproxy_config *cfg,
 			continue;
 		}
 		/* The same address and port twice would fail at bind. */
-		for (k = 0; k < na && addr_port(&a[k]) != 0; k++) {
+		for (k = 0; k < na && sa_port((const struct sockaddr *)
+		    &a[k].ss) != 0; k++) {
 			for (l = 0; l < nseen; l++)
 				if (addr_equal(&seen[l].a, &a[k], 1)) {
 					snprintf(err, sizeof(err), "%slisten "
@@ -3659,7 +4763,8 @@ tcpproxy_after_fork(struct tcpproxy *p, int worker)
 int
 tcpproxy_bound_port(const struct tcpproxy *p)
 {
-	return p->nlisten > 0 ? addr_port(&p->lis[0].a) : -1;
+	return p->nlisten > 0 ? sa_port((const struct sockaddr *)
+	    &p->lis[0].a.ss) : -1;
 }
 
 unsigned long
@@ -3767,7 +4872,7 @@ tcpproxy_free(struct tcpproxy *p)
 	while (p->nbridges > 0)
 		bridge_close(p, p->tab[p->nbridges - 1]);
 	for (i = 0; i < p->nlisten; i++)
-		fd_close(p->lis[i].fd);
+		listener_close(&p->lis[i]);
 	while ((svc = p->services) != NULL) {
 		p->services = svc->next;
 		service_free(svc);
@@ -3800,7 +4905,12 @@ enum {
 	K_STR,			/* const char * */
 	K_ALLOW, K_DENY,	/* appended to a rule's access list */
 	K_BALANCE,		/* enum tcpproxy_balance */
-	K_QUIET, K_VERBOSE	/* verbosity */
+	K_QUIET, K_VERBOSE,	/* verbosity */
+	K_PROXYVER,		/* enum tcpproxy_send_proxy: v1, v2 */
+	K_TRUST,		/* appended to a rule's proxy_from */
+	K_ROUTE,		/* PATTERN=ENDPOINT, appended to routes */
+	K_MODE,			/* unsigned int, in octal */
+	K_KEEPALIVE		/* a flag with an optional value: [=SECS] */
 };
 enum { S_RULE, S_PROC, S_CMD };	/* per rule, per process, command line */
 
@@ -3817,6 +4927,7 @@ struct opt {
 #define GIG (1024ULL * 1024 * 1024)
 
 static const struct opt opts[] = {
+	{ "accept-proxy", 0, K_FLAG, S_RULE, SVC(accept_proxy), 0 },
 	{ "allow", 'a', K_ALLOW, S_RULE, 0, 0 },
 	{ "balance", 0, K_BALANCE, S_RULE, SVC(balance), 0 },
 	{ "buffer-size", 'b', K_SIZE, S_RULE, SVC(buffer_size), GIG },
@@ -3836,14 +4947,20 @@ static const struct opt opts[] = {
 	{ "help", 'h', K_FLAG, S_CMD, CFG(program.help), 0 },
 	{ "hexdump", 'x', K_FLAG, S_PROC, CFG(program.hexdump), 0 },
 	{ "idle-timeout", 'i', K_SECS, S_RULE, SVC(idle_timeout), 0 },
+	{ "keepalive", 0, K_KEEPALIVE, S_RULE, SVC(keepalive_idle), 0 },
 	{ "max-bytes", 0, K_ULL, S_RULE, SVC(max_bytes), ULLONG_MAX / 2 },
 	{ "max-clients", 'c', K_COUNT, S_RULE, SVC(max_clients), 1000000000 },
 	{ "max-per-source", 0, K_COUNT, S_RULE, SVC(max_per_source),
 	    1000000000 },
 	{ "name", 0, K_STR, S_RULE, SVC(name), 0 },
 	{ "pid-file", 0, K_STR, S_PROC, CFG(program.pid_file), 0 },
+	{ "proxy-from", 0, K_TRUST, S_RULE, 0, 0 },
+	{ "proxy-timeout", 0, K_SECS, S_RULE, SVC(proxy_timeout), 0 },
 	{ "quiet", 'q', K_QUIET, S_PROC, CFG(verbosity), 0 },
 	{ "rate", 0, K_ULL, S_RULE, SVC(rate), ULLONG_MAX / 2 },
+	{ "send-proxy", 0, K_PROXYVER, S_RULE, SVC(send_proxy), 0 },
+	{ "sni", 0, K_ROUTE, S_RULE, 0, 0 },
+	{ "socket-mode", 0, K_MODE, S_RULE, SVC(socket_mode), 07777 },
 	{ "source", 's', K_STR, S_RULE, SVC(source), 0 },
 	{ "user", 'u', K_STR, S_PROC, CFG(program.user), 0 },
 	{ "verbose", 'v', K_VERBOSE, S_PROC, CFG(verbosity), 0 },
@@ -4042,6 +5159,9 @@ opt_find(struct parse *ps, const char *word, const char *name, size_t len,
 	return NULL;
 }
 
+static int route_parse(struct parse *, const char *,
+    struct tcpproxy_service *);
+
 /* Stores the value of option o into svc or the config; 0 or -1. */
 static int
 opt_apply(struct parse *ps, const struct opt *o, const char *val,
@@ -4094,21 +5214,59 @@ opt_apply(struct parse *ps, const struct opt *o, const char *val,
 			ps->cfg->program.hexdump = 1;
 		return 0;
 	case K_ALLOW:
-	case K_DENY: {
+	case K_DENY:
+	case K_TRUST: {
 		struct acl a;
 
 		if (acl_parse(val, &a) == -1)
 			return parse_error(ps, "invalid %s '%s': not an address, "
 			    "CIDR block or pattern", o->kind == K_ALLOW ?
-			    "allow" : "deny", val);
+			    "allow" : o->kind == K_DENY ? "deny" : what, val);
 		free(a.glob);
 		if (o->kind == K_ALLOW)
 			return parse_append(ps, svc->allow, &svc->nallow,
 			    sizeof(char *), &val,
 			    (const void **)(void *)&svc->allow);
+		if (o->kind == K_TRUST)
+			return parse_append(ps, svc->proxy_from,
+			    &svc->nproxy_from, sizeof(char *), &val,
+			    (const void **)(void *)&svc->proxy_from);
 		return parse_append(ps, svc->deny, &svc->ndeny,
 		    sizeof(char *), &val, (const void **)(void *)&svc->deny);
 	}
+	case K_PROXYVER:
+		if (strcmp(val, "v1") == 0 || strcmp(val, "1") == 0)
+			svc->send_proxy = TCPPROXY_PROXY_V1;
+		else if (strcmp(val, "v2") == 0 || strcmp(val, "2") == 0)
+			svc->send_proxy = TCPPROXY_PROXY_V2;
+		else
+			return parse_error(ps, "invalid %s '%s': not v1 or v2",
+			    what, val);
+		return 0;
+	case K_ROUTE:
+		return route_parse(ps, val, svc);
+	case K_MODE: {
+		char *end;
+		unsigned long mode;
+
+		if (val[0] < '0' || val[0] > '7' ||
+		    (mode = strtoul(val, &end, 8), *end != '\0') ||
+		    mode == 0 || mode > o->max)
+			return parse_error(ps, "invalid %s '%s': not an octal "
+			    "mode such as 0660", what, val);
+		*(unsigned int *)field = (unsigned int)mode;
+		return 0;
+	}
+	case K_KEEPALIVE:
+		svc->keepalive = 1;
+		if (val == NULL)
+			return 0;
+		if (parse_secs(ps, val, what, field) == -1)
+			return -1;
+		if (*(double *)field < 1)
+			return parse_error(ps, "invalid %s '%s': at least 1 "
+			    "second", what, val);
+		return 0;
 	case K_BALANCE: {
 		static const char *const names[] = {
 			"roundrobin", "leastconn", "source", "first"
@@ -4160,6 +5318,8 @@ opt_parse(struct parse *ps, char *const words[], int n, int *i,
 		if (ps->file != NULL && o->scope == S_CMD)
 			return parse_error(ps, "option '%s' is for the command "
 			    "line only", shown);
+		if (o->kind == K_KEEPALIVE)	/* its value only after '=' */
+			return opt_apply(ps, o, eq != NULL ? eq + 1 : NULL, svc);
 		if (!opt_has_value(o->kind)) {
 			if (eq != NULL)
 				return parse_error(ps, "option '%s' takes no "
@@ -4227,6 +5387,22 @@ endpoint_parse(struct parse *ps, char *const words[], int n, int *i,
 	const char *w = words[*i], *colon = strchr(w, ':'), *close;
 	char *slash;
 
+	if (strchr(w, '/') != NULL || strncmp(w, "unix:", 5) == 0) {
+		struct sockaddr_un sun;
+
+		/* A Unix socket: one word stands for HOST PORT. */
+		*host = unix_path(w);
+		*port = NULL;
+		(*i)++;
+		if ((*host)[0] == '\0')
+			return parse_error(ps, "invalid %s socket path '%s': "
+			    "empty", what, w);
+		if (strlen(*host) >= sizeof(sun.sun_path))
+			return parse_error(ps, "invalid %s socket path '%s': "
+			    "longer than %lu bytes", what, w,
+			    (unsigned long)sizeof(sun.sun_path) - 1);
+		return 0;
+	}
 	if (w[0] == '[' && (close = strstr(w, "]:")) != NULL &&
 	    close[2] != '\0') {
 		*host = parse_strndup(ps, w + 1, (size_t)(close - w - 1));
@@ -4261,6 +5437,35 @@ endpoint_parse(struct parse *ps, char *const words[], int n, int *i,
 		    "%s..65535 or a known service name", what, *port,
 		    strcmp(what, "local") == 0 ? "0" : "1");
 	return 0;
+}
+
+/*
+ * Parses the value of --sni, PATTERN=ENDPOINT (HOST:PORT, [V6]:PORT or a
+ * socket path), and appends the route to svc.  Returns 0 or -1.
+ */
+static int
+route_parse(struct parse *ps, const char *val, struct tcpproxy_service *svc)
+{
+	struct tcpproxy_route r;
+	const char *eq = strchr(val, '=');
+	char *words[1];
+	int i = 0;
+
+	if (eq == NULL || eq[1] == '\0')
+		return parse_error(ps, "invalid --sni '%s': not "
+		    "PATTERN=HOST:PORT", val);
+	if ((r.pattern = parse_strndup(ps, val, (size_t)(eq - val))) == NULL)
+		return parse_error(ps, "out of memory");
+	if (!sni_pattern_ok(r.pattern))
+		return parse_error(ps, "invalid --sni pattern '%s': not a "
+		    "name or *.domain", r.pattern);
+	if ((words[0] = parse_strndup(ps, eq + 1, strlen(eq + 1))) == NULL)
+		return parse_error(ps, "out of memory");
+	if (endpoint_parse(ps, words, 1, &i, &r.backend.host,
+	    &r.backend.port, "--sni") == -1)
+		return -1;
+	return parse_append(ps, svc->routes, &svc->nroutes, sizeof(r), &r,
+	    (const void **)(void *)&svc->routes);
 }
 
 /*

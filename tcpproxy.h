@@ -162,10 +162,27 @@ enum tcpproxy_balance {
 	TCPPROXY_BALANCE_FIRST		/* in the order given: failover */
 };
 
-/* One server of a service, as written: a name or literal, and a port. */
+/*
+ * One server of a service, as written: a name or literal, and a port; or
+ * a Unix socket's path in host with port NULL or "".
+ */
 struct tcpproxy_backend {
 	const char *host;
-	const char *port;		/* digits, or a service name */
+	const char *port;		/* digits, or a service name; NULL
+					 * or "": host is a socket path */
+};
+
+/* A route by TLS server name (--sni PATTERN=BACKEND). */
+struct tcpproxy_route {
+	const char *pattern;		/* "name.example" or "*.example" */
+	struct tcpproxy_backend backend;
+};
+
+/* The PROXY protocol header a service sends to its backends. */
+enum tcpproxy_send_proxy {
+	TCPPROXY_PROXY_NONE = 0,
+	TCPPROXY_PROXY_V1 = 1,		/* the text form */
+	TCPPROXY_PROXY_V2 = 2		/* the binary form */
 };
 
 /*
@@ -177,7 +194,9 @@ struct tcpproxy_backend {
 struct tcpproxy_service {
 	const char *name;		/* NULL: "LOCAL_HOST:LOCAL_PORT" */
 	const char *local_host;		/* NULL, "" or "*": every address */
-	const char *local_port;		/* "0" picks a free port */
+	const char *local_port;		/* "0" picks a free port; NULL or
+					 * "": a Unix socket at local_host */
+	unsigned int socket_mode;	/* a Unix listener's mode; 0: umask */
 	const struct tcpproxy_backend *backends;
 	size_t nbackends;		/* at least 1 */
 	const char *source;		/* bind connections to it; NULL: any */
@@ -208,6 +227,22 @@ struct tcpproxy_service {
 	size_t nallow;
 	const char *const *deny;
 	size_t ndeny;
+	/* PROXY protocol: send a header to each backend; expect one from
+	 * each client, only from these sources (CIDR blocks or patterns;
+	 * none: anyone), within proxy_timeout seconds. */
+	enum tcpproxy_send_proxy send_proxy;
+	int accept_proxy;
+	const char *const *proxy_from;
+	size_t nproxy_from;
+	double proxy_timeout;		/* also bounds the wait for SNI */
+	/* Routes by the TLS server name of the client's ClientHello, tried
+	 * in order; no match, no name or no TLS: the backends above. */
+	const struct tcpproxy_route *routes;
+	size_t nroutes;
+	/* SO_KEEPALIVE on both sides, probes after keepalive_idle seconds
+	 * idle (where the platform lets it be set). */
+	int keepalive;
+	double keepalive_idle;
 	const char *where;		/* "FILE:LINE" for messages, or NULL */
 };
 
