@@ -313,19 +313,24 @@ hello_whole() {
 	[ "$n" -ge $((5 + len)) ]
 }
 
-@test "--sni: s_client's ClientHello, replayed in three writes with pauses, is routed by its name and relayed byte for byte" {
-	local a d
+# capture_hello NAME: s_client's ClientHello for NAME, as a recorder
+# got it, in $T/hello.bin.
+capture_hello() {
 	need_cmd openssl
-	# s_client's ClientHello for a.test, as a recorder got it.
 	start_recorder
 	mkfifo "$T/tls-in"
 	SPAWN_STDIN=$T/tls-in spawn single s_client openssl s_client \
-	    -connect "127.0.0.1:$REC_PORT" -servername a.test
+	    -connect "127.0.0.1:$REC_PORT" -servername "$1"
 	exec 4>"$T/tls-in"
 	wait_for 10 hello_whole "$REC_FILE"
 	exec 4>&-
 	kill -TERM "$SPAWNED"
 	cp "$REC_FILE" "$T/hello.bin"
+}
+
+@test "--sni: s_client's ClientHello, replayed in three writes with pauses, is routed by its name and relayed byte for byte" {
+	local a d
+	capture_hello a.test
 	# A recorder for a.test, one for the rest.
 	start_recorder
 	a=$RECORDERS
@@ -350,6 +355,43 @@ hello_whole() {
 	wait_for 10 cmp -s "$T/hello.bin" "$T/rec$a.bin"
 	wait_for 10 has_line "$PROXY_LOG" ' open id=1 .* sni=a\.test( |$)'
 	no_line "$T/rec$d.err" 'accepting connection'
+}
+
+@test "--sni with --send-proxy v1: the routed backend gets the header, then the ClientHello unchanged" {
+	local cport
+	capture_hello x.b.test
+	start_recorder
+	start_proxy --send-proxy v1 --sni "*.b.test=127.0.0.1:$REC_PORT" \
+	    127.0.0.1 0 127.0.0.1 1
+	socat -u "OPEN:$T/hello.bin" "TCP:127.0.0.1:$PROXY_PORT"
+	wait_for 10 has_line "$PROXY_LOG" ' open id=1 .* sni=x\.b\.test( |$)'
+	cport=$(sed -n 's/.* open id=1 client=127\.0\.0\.1:\([0-9]*\) .*/\1/p' \
+	    "$PROXY_LOG")
+	{
+		printf 'PROXY TCP4 127.0.0.1 127.0.0.1 %s %s\r\n' "$cport" \
+		    "$PROXY_PORT"
+		cat "$T/hello.bin"
+	} >"$T/want.bin"
+	wait_for 10 cmp -s "$T/want.bin" "$REC_FILE"
+}
+
+@test "haproxy send-proxy-v2 in front of tcpproxy --accept-proxy --sni: the header, then the ClientHello, routed by name" {
+	local a
+	need_cmd haproxy openssl
+	tls_backend a.test
+	a=$TLS_PORT
+	tls_backend default.test
+	start_proxy --accept-proxy --sni "a.test=127.0.0.1:$a" 127.0.0.1 0 \
+	    127.0.0.1 "$TLS_PORT"
+	LB_TO=$PROXY_PORT LB_SEND=send-proxy-v2 start_haproxy lb_haproxy lb
+	run timeout 10 openssl s_client -connect "127.0.0.1:$LB_PORT" \
+	    -servername a.test </dev/null
+	printf '%s\n' "$output" | grep '^subject='
+	printf '%s\n' "$output" | grep -Eq '^subject=.*CN ?= ?a\.test$'
+	wait_for 10 has_line "$T/lb.out" '^lb '
+	has_line "$PROXY_LOG" ' open id=1 client=127\.0\.0\.1:[0-9]+ via=127\.0\.0\.1:[0-9]+ .*sni=a\.test( |$)'
+	# client= is the port haproxy logged for the client.
+	has_line "$PROXY_LOG" " open id=1 client=$(sed -n 's/^lb \([^ ]*\) via .*/\1/p' "$T/lb.out" | sed 's/\./\\./g') via="
 }
 
 @test "--sni: a client that does not speak TLS goes to the service's own backend, its bytes unchanged" {
@@ -516,6 +558,33 @@ EOF
 	    "http://127.0.0.1:$(service_port "$PROXY_LOG" pp)/hello.txt"
 	[ "$output" = "hello from python over tcp" ]
 	wait_for 10 has_line "$PROXY_LOG" ' open id=[0-9]+ client=127\.0\.0\.1:[0-9]+ via=127\.0\.0\.1:[0-9]+ .*service=pp$'
+}
+
+@test "a Unix socket service survives an unchanged reload and its file goes when a reload removes the service" {
+	web_files
+	echo "--name sock $T/l.sock 127.0.0.1 $HTTP_PORT" >"$T/r.conf"
+	start_config "$T/r.conf"
+	reload_proxy "$PROXY_PID" "$PROXY_LOG"
+	has_line "$PROXY_LOG" 'reloaded:'
+	[ -S "$T/l.sock" ]
+	run curl_unix "$T/l.sock"
+	[ "$output" = "hello from python over tcp" ]
+	echo "--name tcp 127.0.0.1 0 127.0.0.1 $HTTP_PORT" >"$T/r.conf"
+	reload_proxy "$PROXY_PID" "$PROXY_LOG"
+	wait_for 10 eval '[ ! -e "$T/l.sock" ]'
+}
+
+@test "-w 2 workers share a Unix socket listener; the file goes at SIGTERM" {
+	local i
+	web_files
+	start_unix_proxy "$T/l.sock" -w 2 "$T/l.sock" 127.0.0.1 "$HTTP_PORT"
+	for i in 1 2 3 4 5 6; do
+		run curl_unix "$T/l.sock"
+		[ "$output" = "hello from python over tcp" ]
+	done
+	kill -TERM "$PROXY_PID"
+	wait_for 10 is_gone "$PROXY_PID"
+	[ ! -e "$T/l.sock" ]
 }
 
 @test "--socket-mode sets the listening socket's mode: 0660, 0600" {
