@@ -92,9 +92,23 @@ fuzz: fuzz/fuzz_args fuzz/fuzz_relay fuzz/fuzz_preamble
 soak: tcpproxy test/backend test/client
 	./soak/run
 
+# install copies the binary as built; install-strip strips it (GNU
+# convention); install-static installs the musl static one (make static).
+STRIP = strip
 install: tcpproxy
+	$(MAKE) BIN=tcpproxy install-bin
+
+install-strip: tcpproxy
+	$(MAKE) BIN=tcpproxy install-bin
+	$(STRIP) $(DESTDIR)$(PREFIX)/bin/tcpproxy
+
+install-static: static
+	$(MAKE) BIN=tcpproxy-static install-bin
+
+BIN = tcpproxy
+install-bin:
 	mkdir -p $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANPREFIX)/man1
-	cp -f tcpproxy $(DESTDIR)$(PREFIX)/bin/tcpproxy
+	cp -f $(BIN) $(DESTDIR)$(PREFIX)/bin/tcpproxy
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/tcpproxy
 	cp -f tcpproxy.1 $(DESTDIR)$(MANPREFIX)/man1/tcpproxy.1
 	chmod 644 $(DESTDIR)$(MANPREFIX)/man1/tcpproxy.1
@@ -106,5 +120,5 @@ clean:
 	rm -f tcpproxy tcpproxy-static $(TESTBIN) $(EXAMPLES) bench/loadgen \
 	    fuzz/fuzz_args fuzz/fuzz_relay fuzz/fuzz_preamble
 
-.PHONY: all examples test bench bench-quick static fuzz soak install uninstall \
-	clean
+.PHONY: all examples test bench bench-quick static fuzz soak install \
+	install-strip install-static install-bin uninstall clean

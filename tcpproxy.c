@@ -26,8 +26,24 @@
  *             listener whose address is unchanged to the new service of
  *             that address, descriptor and all: no client is refused.
  *   bridge    an accepted client paired with one connection to a backend.
- *             Its state is explicit: WAIT_FD (no descriptor for the server
+ *             Its state is explicit: QUEUED (held by max_clients, no
+ *             server socket yet), PREAMBLE (reading a PROXY header or a
+ *             TLS ClientHello), WAIT_FD (no descriptor for the server
  *             socket yet), CONNECTING, OPEN.
+ *
+ * A service may want to read something of the client's before it picks
+ * a backend: a PROXY protocol header (--accept-proxy), whose addresses
+ * then stand for the client's in the admit stage and the logs, or a TLS
+ * ClientHello (--sni), whose server name picks a route.  In PREAMBLE the
+ * client's bytes go into its own buffer (never MSG_PEEK, which would spin
+ * under level-triggered poll on a partial header), bounded by the buffer
+ * and by the preamble timeout; the parsers check every length against the
+ * bytes at hand and are fuzzed (fuzz_preamble).  What follows a header is
+ * payload, and the ClientHello itself is relayed unchanged.  A header to
+ * send (--send-proxy) is put in front of the client's bytes when a
+ * connect succeeds, so a retry sends a fresh one; the client's buffer
+ * keeps room for it until then, and its bytes are not counted as the
+ * client's.
  *
  * A bridge has two sides, fd[CLIENT] and fd[SERVER], and two flows:
  * flow[s] holds the bytes read from side s that still wait to be written
@@ -94,11 +110,17 @@
  *
  * Timeouts are uniform per kind within a service, so intrusive lists
  * ordered by last activity give each service's next deadline in O(1):
- * connecting bridges (connect timeout, per address tried) and established
- * ones (idle timeout).  Bridges whose client was accepted but whose
- * server socket could not be made for want of a descriptor wait on one
- * engine-wide list, first come first served, for a bridge to close (at
- * most their connect timeout), rather than have their client dropped.
+ * connecting bridges (connect timeout, per address tried), established
+ * ones (idle timeout), and clients held by max_clients in the order they
+ * came (queue timeout).  A held client is accepted, so that its wait can
+ * be timed and its early bytes read, at most TCPPROXY_QUEUE_MAX per
+ * service (the rest wait in the listen queue, untimed), and the first
+ * one takes the place a bridge of its service leaves; without a queue
+ * timeout they all wait in the listen queue.  Bridges whose client was
+ * accepted but whose server socket could not be made for want of a
+ * descriptor wait on one engine-wide list, first come first served, for
+ * a bridge to close (at most their connect timeout), rather than have
+ * their client dropped.
  * Flows paused by --rate sit on an unordered list, walked only while some
  * flow is paused, and health checks keep their next time on their
  * backend.  The next deadline is found by a walk over the services,
@@ -214,6 +236,9 @@
 #ifndef TCPPROXY_PREAMBLE_BUFFER
 #define TCPPROXY_PREAMBLE_BUFFER 1024	/* bytes, at least, with PROXY/SNI */
 #endif
+#ifndef TCPPROXY_QUEUE_MAX
+#define TCPPROXY_QUEUE_MAX 1024		/* clients held by max-clients */
+#endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
 #endif
@@ -277,19 +302,22 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
 
 /* ---- types ---- */
 enum { CLIENT = 0, SERVER = 1 };
-enum { TIMER_CONNECT = 0, TIMER_IDLE, TIMER_PREAMBLE, TIMER_FDWAIT,
-    TIMER_NONE };
+enum { TIMER_CONNECT = 0, TIMER_IDLE, TIMER_QUEUE, TIMER_PREAMBLE,
+    TIMER_FDWAIT, TIMER_NONE };
 enum { ACCEPT_ON = 0, ACCEPT_NOFD, ACCEPT_OFF };
 enum { MORE_NONE = 0, MORE_DRAINED, MORE_FINAL };
 
 /*
- * The state of a bridge.  PREAMBLE: accepted, reading the client's PROXY
- * header or TLS ClientHello before any backend is chosen.  WAIT_FD: no
- * descriptor was left for its server socket; it waits on p->fdwait.
- * CONNECTING: a connect to an address of a backend is under way.  OPEN:
- * both sides relay.
+ * The state of a bridge.  QUEUED: accepted while its service had
+ * max_clients bridges; it waits on its service's TIMER_QUEUE list, not
+ * counted in st->open.  PREAMBLE: reading the client's PROXY header or
+ * TLS ClientHello before any backend is chosen.  WAIT_FD: no descriptor
+ * was left for its server socket; it waits on p->fdwait.  CONNECTING: a
+ * connect to an address of a backend is under way.  OPEN: both sides
+ * relay.
  */
-enum { BRIDGE_WAIT_FD = 0, BRIDGE_CONNECTING, BRIDGE_OPEN, BRIDGE_PREAMBLE };
+enum { BRIDGE_QUEUED = 0, BRIDGE_WAIT_FD, BRIDGE_CONNECTING, BRIDGE_OPEN,
+    BRIDGE_PREAMBLE };
 
 /*
  * Flags of a bridge: what PREAMBLE still waits for (a PROXY header, a
@@ -366,6 +394,7 @@ struct state {
 	unsigned long refs;
 	char *name;
 	unsigned long open;
+	unsigned long queued;		/* clients held by max_clients */
 	unsigned long long total, refused, failed, bytes[2];
 	size_t rr;
 	int full;			/* stopped accepting at max_clients */
@@ -412,7 +441,8 @@ struct service {
 	size_t nroutes;
 	int keepalive;			/* seconds idle before probes; 0 */
 	unsigned int socket_mode;
-	struct timer_list timers[TIMER_FDWAIT];	/* connect, idle, preamble */
+	struct timer_list timers[TIMER_FDWAIT];	/* connect, idle, queue,
+						 * preamble */
 	char **spare;			/* free buffers of bufsize */
 	size_t nspare;
 };
@@ -489,6 +519,8 @@ struct tcpproxy {
 	long long slice_period;		/* us; a slice and its pause, > 0 */
 	struct timer_list fdwait;	/* bridges waiting for a descriptor */
 	int fd_freed;			/* a descriptor may be free for them */
+	int queue_due;			/* a held client may have a place */
+	int hinted;			/* the -H hint was logged */
 	struct bridge *throttled;	/* bridges with a paused flow */
 	long long now;			/* ms, updated after each poll */
 	unsigned long next_id;
@@ -510,13 +542,14 @@ static void flow_drain(struct tcpproxy *, struct bridge *, int);
 static void listeners_update(struct tcpproxy *);
 static void accept_pause(struct tcpproxy *, int);
 static void service_put(struct tcpproxy *, struct service *);
+static void bridge_begin(struct tcpproxy *, struct bridge *);
 
 /* ---- helpers ---- */
 static const char *const reason_names[] = {
 	"open", "client-closed", "server-closed", "client-reset",
 	"server-reset", "client-error", "server-error", "connect-refused",
 	"connect-timeout", "connect-failed", "idle-timeout", "hook-closed",
-	"shutdown", "no-memory", "max-bytes"
+	"shutdown", "no-memory", "max-bytes", "queue-timeout"
 };
 
 const char *
@@ -1821,6 +1854,12 @@ want(const struct tcpproxy *p, const struct bridge *b, int s)
 		if (s == SERVER)
 			return 0;
 		break;
+	case BRIDGE_QUEUED:
+		/* A preamble is read once it is served: its bytes are not
+		 * yet the client's. */
+		if (b->flags & (B_PROXY | B_SNI))
+			return 0;
+		/* FALLTHROUGH */
 	case BRIDGE_WAIT_FD:
 	case BRIDGE_CONNECTING:
 		/* The client's early bytes wait for whichever backend answers. */
@@ -2255,8 +2294,10 @@ bridge_log_close(struct tcpproxy *p, const struct bridge *b)
 
 	if (b->error != 0)
 		snprintf(err, sizeof(err), " error=\"%s\"", strerror(b->error));
-	if (!(b->flags & B_OPENED))
-		return;		/* refused, or empty: no open line either */
+	/* Refused or empty: no open line, so no close line; but a client
+	 * held by max_clients is closed for all to see. */
+	if (!(b->flags & B_OPENED) && b->state != BRIDGE_QUEUED)
+		return;
 	say(p, TCPPROXY_LOG_INFO, "close id=%lu%s client=%s%s%s server=%s "
 	    "up=%llu down=%llu duration=%.3f reason=%s%s backend=%s%s", b->id,
 	    p->worker, b->client, b->origin != NULL ? " via=" : "",
@@ -2265,6 +2306,15 @@ bridge_log_close(struct tcpproxy *p, const struct bridge *b)
 	    b->flow[SERVER].bytes, (double)(p->now - b->start_ms) / 1000.0,
 	    tcpproxy_reason_name(b->reason), err,
 	    b->be != NULL ? b->be->name : "-", b->svc->tag);
+	/* The first "echo hi | nc" gets nothing back: say why, once. */
+	if (!p->hinted && b->reason == TCPPROXY_REASON_CLIENT_CLOSED &&
+	    b->flow[SERVER].bytes == 0 && b->flow[CLIENT].bytes > 0 &&
+	    !b->svc->half_close && p->cfg.verbosity >= TCPPROXY_LOG_DEBUG) {
+		p->hinted = 1;
+		say(p, TCPPROXY_LOG_DEBUG, "hint: id=%lu: the client's EOF "
+		    "closed both sides before any reply; -H (--half-close) "
+		    "passes it on and lets the reply through", b->id);
+	}
 }
 
 /* Drops one bridge from a source's count, freeing the record at zero. */
@@ -2337,7 +2387,14 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 		b->be->open--;
 	if (b->src != NULL)
 		source_put(st, b->src);
-	st->open--;
+	if (b->state == BRIDGE_QUEUED) {
+		st->queued--;
+	} else {
+		st->open--;
+		/* Its place goes to a held client, at a safe point. */
+		if (st->queued > 0)
+			p->queue_due = 1;
+	}
 	timer_unlink(p, b);
 	throttle_unlink(p, b);
 	free(b->origin);
@@ -2766,14 +2823,37 @@ preamble_read(struct tcpproxy *p, struct bridge *b)
 }
 
 /*
- * Opens a bridge for a client freshly accepted by listener l; on any
- * failure the client's connection is closed.  A service that reads a
- * preamble admits the client once it has read the PROXY header (whose
- * address is then the client's), and connects once it knows the route.
+ * Begins an admitted bridge that has a place under max_clients: counts
+ * it open, then reads its preamble if its service wants one, or starts
+ * connecting at once.
+ */
+static void
+bridge_begin(struct tcpproxy *p, struct bridge *b)
+{
+	b->svc->st->open++;
+	if (b->flags & (B_PROXY | B_SNI)) {
+		b->state = BRIDGE_PREAMBLE;
+		timer_set(p, b, TIMER_PREAMBLE);
+		/* A held client may have sent it already. */
+		if (b->flow[CLIENT].buf != NULL)
+			(void)preamble_parse(p, b, 0);
+		else
+			(void)bridge_settle(p, b);
+		return;
+	}
+	(void)bridge_start(p, b, NULL);
+}
+
+/*
+ * Opens a bridge for a client freshly accepted by listener l, to be held
+ * (queued) or begun at once; on any failure the client's connection is
+ * closed.  A service that reads a preamble admits the client once it has
+ * read the PROXY header (whose address is then the client's), and
+ * connects once it knows the route.
  */
 static void
 bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
-    const struct sockaddr *sa, socklen_t salen)
+    const struct sockaddr *sa, socklen_t salen, int queued)
 {
 	struct service *svc = l->svc;
 	struct bridge *b;
@@ -2789,7 +2869,6 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 	b->fd[SERVER] = -1;
 	b->rd[CLIENT] = b->rd[SERVER] = b->wr[CLIENT] = b->wr[SERVER] = 1;
 	b->timer = TIMER_NONE;
-	b->state = BRIDGE_PREAMBLE;
 	b->start_ms = b->last = p->now;
 	b->flow[CLIENT].tokens = b->flow[SERVER].tokens = svc->burst;
 	b->flow[CLIENT].stamp = b->flow[SERVER].stamp = p->now;
@@ -2815,17 +2894,22 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 	if (svc->nroutes > 0)
 		b->flags |= B_SNI;
 	svc->refs++;
-	svc->st->open++;
 	b->slot = p->nbridges++;
 	p->tab[b->slot] = b;
 	b->active = p->now;
 	bridge_heat(p, b);
-	if (b->flags & (B_PROXY | B_SNI)) {
-		timer_set(p, b, TIMER_PREAMBLE);
+	if (queued) {
+		/* Its turn comes with a place (queue_serve) or its timeout. */
+		b->state = BRIDGE_QUEUED;
+		snprintf(b->server, sizeof(b->server), "-");
+		svc->st->queued++;
+		timer_set(p, b, TIMER_QUEUE);
+		say(p, TCPPROXY_LOG_DEBUG, "queue id=%lu%s client=%s%s", b->id,
+		    p->worker, b->client, svc->tag);
 		(void)bridge_settle(p, b);
 		return;
 	}
-	(void)bridge_start(p, b, NULL);
+	bridge_begin(p, b);
 }
 
 /* ---- the loop ---- */
@@ -2887,19 +2971,26 @@ listener_accept(struct tcpproxy *p, size_t i)
 		struct service *svc = l->svc;
 		struct sockaddr_storage ss;
 		socklen_t len = sizeof(ss);
-		int fd;
+		int fd, held = 0;
 
-		if (svc->max_clients > 0 && svc->st->open >= svc->max_clients) {
+		/* Behind those held already, if any: first come first served. */
+		if (svc->max_clients > 0 && (svc->st->open >= svc->max_clients ||
+		    svc->st->queued > 0)) {
 			snprintf(msg, sizeof(msg), "reached max-clients limit "
 			    "(%lu), new clients wait%s", svc->max_clients,
 			    svc->tag);
 			note_once(p, &p->noted_full, msg);
-			svc->st->full = 1;
-			break;
+			/* Without a queue timeout, they wait in the backlog. */
+			held = svc->timers[TIMER_QUEUE].timeout > 0 &&
+			    svc->st->queued < TCPPROXY_QUEUE_MAX;
+			if (!held) {
+				svc->st->full = 1;
+				break;
+			}
 		}
 		fd = accept_ready(l->fd, (struct sockaddr *)&ss, &len);
 		if (fd >= 0) {
-			bridge_open(p, l, fd, (struct sockaddr *)&ss, len);
+			bridge_open(p, l, fd, (struct sockaddr *)&ss, len, held);
 			continue;
 		}
 		if (WOULD_BLOCK(errno))
@@ -3118,6 +3209,7 @@ wake_read(struct tcpproxy *p)
 			if (p->stopping == 0) {
 				listeners_close(p);
 				checks_close(p);
+				p->queue_due = 1;	/* held: closed or served */
 				say(p, TCPPROXY_LOG_DEBUG, "stopping, %lu "
 				    "bridges open", (unsigned long)p->nbridges);
 			}
@@ -3162,6 +3254,11 @@ service_expire(struct tcpproxy *p, struct service *svc)
 	l = &svc->timers[TIMER_IDLE];
 	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
 		bridge_end(b, TCPPROXY_REASON_IDLE_TIMEOUT, 0);
+		bridge_close(p, b);
+	}
+	l = &svc->timers[TIMER_QUEUE];
+	while ((b = l->head) != NULL && b->last + l->timeout <= p->now) {
+		bridge_end(b, TCPPROXY_REASON_QUEUE_TIMEOUT, 0);
 		bridge_close(p, b);
 	}
 	/* A PROXY header is due; a ClientHello only decides the route. */
@@ -3243,6 +3340,38 @@ fdwait_connect(struct tcpproxy *p)
 	}
 }
 
+/*
+ * Gives the places bridges left to the clients held by max_clients, in
+ * the order they came; after a stop (not a drain) closes them instead,
+ * since they were never served.
+ */
+static void
+queue_serve(struct tcpproxy *p)
+{
+	struct service *svc, *next_svc;
+	struct bridge *b;
+
+	p->queue_due = 0;
+	for (svc = p->services; svc != NULL; svc = next_svc) {
+		next_svc = svc->next;
+		svc->refs++;	/* closing its last bridge must not free it */
+		while ((b = svc->timers[TIMER_QUEUE].head) != NULL) {
+			if (p->stopping && !p->draining) {
+				bridge_close(p, b);
+				continue;
+			}
+			/* A reload may have lifted the limit (0). */
+			if (svc->max_clients > 0 &&
+			    svc->st->open >= svc->max_clients)
+				break;
+			timer_unlink(p, b);
+			svc->st->queued--;
+			bridge_begin(p, b);
+		}
+		service_put(p, svc);
+	}
+}
+
 /* Returns the earlier of two deadlines, -1 meaning none. */
 static long long
 earlier(long long when, long long t)
@@ -3260,7 +3389,7 @@ next_timeout(const struct tcpproxy *p, int limit)
 	size_t k;
 	int t;
 
-	if (p->fd_freed)
+	if (p->fd_freed || p->queue_due)
 		return 0;	/* waiters to serve first */
 	for (svc = p->services; svc != NULL; svc = svc->next) {
 		for (t = TIMER_CONNECT; t < TIMER_FDWAIT; t++)
@@ -3522,6 +3651,8 @@ tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 	/* Bridges waiting for a descriptor go before new clients. */
 	if (p->fd_freed)
 		fdwait_connect(p);
+	if (p->queue_due)
+		queue_serve(p);
 	for (i = 0; i < p->nlisten; i++)
 		if (p->pfd[1 + i].fd >= 0 && p->pfd[1 + i].revents != 0)
 			listener_accept(p, i);
@@ -3945,6 +4076,8 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 		    (spec->keepalive_idle < 86400 ?
 		    (int)spec->keepalive_idle : 86400) : 1;
 	svc->socket_mode = spec->socket_mode;
+	svc->timers[TIMER_QUEUE].timeout = secs_to_ms(spec->queue_timeout < 0 ?
+	    spec->connect_timeout : spec->queue_timeout);
 	/* A bucket of 1/20 s: smooth, yet reads stay worth a system call. */
 	svc->burst = (double)spec->rate / 20;
 	if (svc->burst > (double)svc->bufsize)
@@ -4504,6 +4637,7 @@ tcpproxy_service_init(struct tcpproxy_service *svc)
 	svc->down_time = TCPPROXY_DOWN_TIME;
 	svc->proxy_timeout = TCPPROXY_PROXY_TIMEOUT;
 	svc->keepalive_idle = TCPPROXY_KEEPALIVE_IDLE;
+	svc->queue_timeout = -1;	/* the connect timeout */
 }
 
 void
@@ -4948,6 +5082,7 @@ static const struct opt opts[] = {
 	{ "hexdump", 'x', K_FLAG, S_PROC, CFG(program.hexdump), 0 },
 	{ "idle-timeout", 'i', K_SECS, S_RULE, SVC(idle_timeout), 0 },
 	{ "keepalive", 0, K_KEEPALIVE, S_RULE, SVC(keepalive_idle), 0 },
+	{ "log-time", 0, K_FLAG, S_PROC, CFG(program.log_time), 0 },
 	{ "max-bytes", 0, K_ULL, S_RULE, SVC(max_bytes), ULLONG_MAX / 2 },
 	{ "max-clients", 'c', K_COUNT, S_RULE, SVC(max_clients), 1000000000 },
 	{ "max-per-source", 0, K_COUNT, S_RULE, SVC(max_per_source),
@@ -4956,12 +5091,14 @@ static const struct opt opts[] = {
 	{ "pid-file", 0, K_STR, S_PROC, CFG(program.pid_file), 0 },
 	{ "proxy-from", 0, K_TRUST, S_RULE, 0, 0 },
 	{ "proxy-timeout", 0, K_SECS, S_RULE, SVC(proxy_timeout), 0 },
+	{ "queue-timeout", 0, K_SECS, S_RULE, SVC(queue_timeout), 0 },
 	{ "quiet", 'q', K_QUIET, S_PROC, CFG(verbosity), 0 },
 	{ "rate", 0, K_ULL, S_RULE, SVC(rate), ULLONG_MAX / 2 },
 	{ "send-proxy", 0, K_PROXYVER, S_RULE, SVC(send_proxy), 0 },
 	{ "sni", 0, K_ROUTE, S_RULE, 0, 0 },
 	{ "socket-mode", 0, K_MODE, S_RULE, SVC(socket_mode), 07777 },
 	{ "source", 's', K_STR, S_RULE, SVC(source), 0 },
+	{ "syslog", 0, K_FLAG, S_PROC, CFG(program.log_syslog), 0 },
 	{ "user", 'u', K_STR, S_PROC, CFG(program.user), 0 },
 	{ "verbose", 'v', K_VERBOSE, S_PROC, CFG(verbosity), 0 },
 	{ "version", 'V', K_FLAG, S_CMD, CFG(program.version), 0 },
@@ -5919,6 +6056,7 @@ tcpproxy_config_free(struct tcpproxy_config *cfg)
 #include <sys/wait.h>
 #include <grp.h>
 #include <pwd.h>
+#include <syslog.h>
 
 /*
  * setgroups() is not in POSIX, so strict headers hide it, yet dropping
@@ -5940,16 +6078,22 @@ static const char usage_line[] =
     "[-d cidr]\n"
     "                [-f config] [-i idle-secs] [-s source] "
     "[-t connect-secs]\n"
-    "                [-u user[:group]] [-w workers] [--balance policy]\n"
-    "                [--busy-poll usecs] [--check-config] "
-    "[--down-time secs]\n"
-    "                [--dump-dir dir] [--dump-file file] [--fails n]\n"
-    "                [--grace secs] [--health-check secs] "
+    "                [-u user[:group]] [-w workers] [--accept-proxy]\n"
+    "                [--balance policy] [--busy-poll usecs] "
+    "[--check-config]\n"
+    "                [--down-time secs] [--dump-dir dir] "
+    "[--dump-file file]\n"
+    "                [--fails n] [--grace secs] [--health-check secs]\n"
+    "                [--keepalive[=secs]] [--log-time] "
     "[--max-bytes bytes]\n"
     "                [--max-per-source n] [--name name] "
     "[--pid-file file]\n"
-    "                [--rate bytes] "
-    "[local_host local_port remote_host remote_port ...]\n";
+    "                [--proxy-from cidr] [--proxy-timeout secs]\n"
+    "                [--queue-timeout secs] [--rate bytes] "
+    "[--send-proxy v1|v2]\n"
+    "                [--sni pattern=host:port] [--socket-mode mode] "
+    "[--syslog]\n"
+    "                [local_host local_port remote_host remote_port ...]\n";
 
 /* What the command line's hooks need; one per process. */
 struct cli {
@@ -5972,6 +6116,49 @@ static volatile sig_atomic_t got_stop;	/* SIGINT, SIGTERM seen */
 static volatile sig_atomic_t got_hup;	/* SIGHUP: reload */
 static volatile sig_atomic_t got_usr1;	/* SIGUSR1: stats */
 static volatile sig_atomic_t got_usr2;	/* SIGUSR2: drain (a worker) */
+static int log_time;			/* --log-time */
+static int log_syslog;			/* --syslog, once openlog() ran */
+
+/*
+ * Writes one log line where the options say: to syslog (facility daemon,
+ * set by openlog in main), or to stderr as "tcpproxy: LINE", after an
+ * RFC 3339 UTC time with --log-time, in one write() so lines stay whole.
+ */
+static void
+log_out(int level, const char *line)
+{
+	char stamp[40] = "", out[1024];
+	struct timespec ts;
+	struct tm tm;
+	int n;
+
+	if (log_syslog) {
+		/* Level 0 holds the ready line and warnings, not only errors. */
+		syslog(level == TCPPROXY_LOG_ERROR ? LOG_NOTICE :
+		    level == TCPPROXY_LOG_INFO ? LOG_INFO : LOG_DEBUG, "%s",
+		    line);
+		return;
+	}
+	if (log_time && clock_gettime(CLOCK_REALTIME, &ts) == 0 &&
+	    gmtime_r(&ts.tv_sec, &tm) != NULL &&
+	    (n = (int)strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S",
+	    &tm)) > 0)
+		snprintf(stamp + n, sizeof(stamp) - (size_t)n, ".%03ldZ ",
+		    ts.tv_nsec / 1000000);
+	n = snprintf(out, sizeof(out), "%stcpproxy: %s\n", stamp, line);
+	if (n >= (int)sizeof(out))
+		n = sizeof(out) - 1;
+	if (n > 0 && write(STDERR_FILENO, out, (size_t)n) < 0)
+		return;	/* best effort: nowhere to report it */
+}
+
+/* The engine's log callback: its lines go out as the CLI's own. */
+static void
+cli_log(void *user, int level, const char *line)
+{
+	(void)user;
+	log_out(level, line);
+}
 
 /* Prints a usage error naming the bad word, then the usage; exits 2. */
 static NORETURN void
@@ -5988,17 +6175,17 @@ usage_error(const char *fmt, ...)
 	exit(2);
 }
 
-/* Prints a runtime error and exits 1. */
+/* Logs a runtime error and exits 1. */
 static NORETURN void
 die(const char *fmt, ...)
 {
+	char line[768];
 	va_list ap;
 
-	fputs("tcpproxy: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	log_out(TCPPROXY_LOG_ERROR, line);
 	exit(1);
 }
 
@@ -6010,7 +6197,9 @@ help(void)
 	    "Relay TCP connections from local_host:local_port to "
 	    "remote_host:remote_port\n"
 	    "(each further pair is one more backend).  An endpoint is HOST "
-	    "PORT or HOST:PORT.\n\n"
+	    "PORT, HOST:PORT,\n"
+	    "[V6]:PORT, or a Unix socket path (a word with '/', or "
+	    "unix:PATH).\n\n"
 	    "  -f, --config FILE           read rules from FILE, one per line "
 	    "(SIGHUP: again)\n"
 	    "      --check-config          check everything, bind nothing, "
@@ -6023,7 +6212,22 @@ help(void)
 	    "      --down-time SECS        how long it stays down (default "
 	    "10)\n"
 	    "      --health-check SECS     connect to each backend every SECS\n"
-	    "  -s, --source ADDR           connect to backends from ADDR\n"
+	    "  -s, --source ADDR           connect to backends (and check "
+	    "them) from ADDR\n"
+	    "      --send-proxy v1|v2      start each backend connection with "
+	    "a PROXY header\n"
+	    "      --accept-proxy          clients start with a PROXY header "
+	    "(v1 or v2)\n"
+	    "      --proxy-from CIDR       accept a header only from CIDR "
+	    "(repeatable)\n"
+	    "      --proxy-timeout SECS    wait that long for a header or "
+	    "ClientHello (5)\n"
+	    "      --sni PATTERN=HOST:PORT send TLS clients asking for "
+	    "PATTERN there\n"
+	    "      --socket-mode MODE      a listening Unix socket's mode, "
+	    "e.g. 0660\n"
+	    "      --keepalive[=SECS]      TCP keepalive both sides, probes "
+	    "after SECS (60)\n"
 	    "  -a, --allow CIDR            admit only clients in CIDR "
 	    "(repeatable)\n"
 	    "  -d, --deny CIDR             refuse clients in CIDR "
@@ -6032,6 +6236,8 @@ help(void)
 	    "(default 64k)\n"
 	    "  -c, --max-clients N         at most N bridges at once; "
 	    "others wait\n"
+	    "      --queue-timeout SECS    close a client -c held that long "
+	    "(default: -t)\n"
 	    "      --max-per-source N      at most N bridges per client "
 	    "address\n"
 	    "  -t, --connect-timeout SECS  per server address (default 10, "
@@ -6055,6 +6261,10 @@ help(void)
 	    "      --grace SECS            time bridges may finish after "
 	    "SIGTERM (default 5)\n"
 	    "  -q, --quiet                 no per-bridge log lines\n"
+	    "      --log-time              start each log line with the UTC "
+	    "time\n"
+	    "      --syslog                log to syslog (daemon), not "
+	    "stderr\n"
 	    "  -v, --verbose               more detail in the log\n"
 	    "  -h, --help                  this help\n"
 	    "  -V, --version               the version\n"
@@ -6113,13 +6323,17 @@ hexdump(FILE *f, const struct tcpproxy_bridge_info *info, int dir,
 	fflush(f);
 }
 
-/* Opens the --dump-dir file of one direction of a bridge; NULL on error. */
+/*
+ * Opens the --dump-dir file of one direction of a bridge.  Returns it, or
+ * NULL after logging the error with the file's path.
+ */
 static FILE *
 dump_open(const struct cli *c, const struct tcpproxy_bridge_info *info,
     int dir)
 {
 	char path[PATH_MAX], name[ADDR_NAME_MAX], *q = name;
 	const char *s, *colon = strrchr(info->client_name, ':');
+	FILE *f;
 
 	/* "[::1]:40000" becomes "::1_40000": no brackets in file names. */
 	for (s = info->client_name; *s != '\0'; s++)
@@ -6131,8 +6345,13 @@ dump_open(const struct cli *c, const struct tcpproxy_bridge_info *info,
 	if (snprintf(path, sizeof(path), "%s/%lu_%s.%s", c->dump_dir,
 	    info->id, name, dir == TCPPROXY_UPSTREAM ? "up" : "down") >=
 	    (int)sizeof(path))
-		return NULL;
-	return fopen(path, "wb");
+		errno = ENAMETOOLONG;
+	else if ((f = fopen(path, "wb")) != NULL)
+		return f;
+	/* The path, for the run-time error: which file, as whom. */
+	fprintf(stderr, "tcpproxy: dump id=%lu: cannot create '%s': %s\n",
+	    info->id, path, strerror(errno));
+	return NULL;
 }
 
 /* Records a chunk: --hexdump and --dump-dir.  Never changes the data. */
@@ -6151,10 +6370,12 @@ cli_data(void *user, void *bridge_data,
 		hexdump(c->hex, info, dir, cb->off[dir],
 		    (const unsigned char *)data, *len);
 	if (c->dump_dir != NULL && !cb->dump_failed) {
-		if ((cb->dump[dir] == NULL &&
-		    (cb->dump[dir] = dump_open(c, info, dir)) == NULL) ||
-		    fwrite(data, 1, *len, cb->dump[dir]) != *len) {
-			fprintf(stderr, "tcpproxy: dump id=%lu: %s\n", info->id,
+		if (cb->dump[dir] == NULL &&
+		    (cb->dump[dir] = dump_open(c, info, dir)) == NULL)
+			cb->dump_failed = 1;
+		else if (fwrite(data, 1, *len, cb->dump[dir]) != *len) {
+			fprintf(stderr, "tcpproxy: dump id=%lu: cannot write to "
+			    "'%s': %s\n", info->id, c->dump_dir,
 			    strerror(errno));
 			cb->dump_failed = 1;
 		}
@@ -6411,6 +6632,28 @@ identity_assume(const struct identity *id, const char *spec)
 		die("cannot drop privileges to '%s': root regained", spec);
 }
 
+/*
+ * Takes on id's groups and user as the effective ids only, so that what
+ * is opened now is checked with its rights and owned by it; root stays
+ * the saved id, for binding.  Exits 1 on failure.
+ */
+static void
+identity_borrow(const struct identity *id, const char *spec)
+{
+	if (setgroups(1, &id->gid) == -1 || setegid(id->gid) == -1 ||
+	    seteuid(id->uid) == -1)
+		die("cannot act as '%s': %s", spec, strerror(errno));
+}
+
+/* Takes root back after identity_borrow.  Exits 1 on failure. */
+static void
+identity_return(const char *spec)
+{
+	if (seteuid(0) == -1 || setegid(getgid()) == -1)
+		die("cannot act as root again after '%s': %s", spec,
+		    strerror(errno));
+}
+
 /* Everything a run of the command line keeps. */
 struct run {
 	int argc;
@@ -6433,6 +6676,7 @@ run_parse(struct run *r, struct tcpproxy_config *cfg, char *err)
 	if (tcpproxy_config_parse(cfg, r->argc, r->argv, err, ERRLEN) == -1)
 		return -1;
 	cfg->hooks = &r->hooks;
+	cfg->log = cli_log;
 	return 0;
 }
 
@@ -6445,8 +6689,11 @@ run_reload(struct run *r)
 
 	if (run_parse(r, &cfg, err) == -1 ||
 	    tcpproxy_reload(r->p, &cfg, err, sizeof(err)) == -1) {
-		fprintf(stderr, "tcpproxy: reload failed, the running "
-		    "configuration stays: %s\n", err);
+		char line[ERRLEN + 64];
+
+		snprintf(line, sizeof(line), "reload failed, the running "
+		    "configuration stays: %s", err);
+		log_out(TCPPROXY_LOG_ERROR, line);
 		tcpproxy_config_free(&cfg);
 		return -1;
 	}
@@ -6686,16 +6933,23 @@ wait:
 	return rc;
 }
 
-/* Opens the dump and log outputs the options ask for; exits 1. */
+/*
+ * Opens the dump and log outputs the options ask for, and makes the dump
+ * directory; cli->dump_dir is set already.  Exits 1 naming the path that
+ * fails, and the user (-u) it fails for.
+ */
 static void
 outputs_open(const struct tcpproxy_config *cfg, struct cli *cli)
 {
 	const struct tcpproxy_program *o = &cfg->program;
 	struct stat st;
+	char as[300] = "";
 
+	if (o->user != NULL)
+		snprintf(as, sizeof(as), " as user '%s'", o->user);
 	if (o->dump_file != NULL && (cli->hex = fopen(o->dump_file, "w")) ==
 	    NULL)
-		die("cannot open dump file '%s': %s", o->dump_file,
+		die("cannot open dump file '%s'%s: %s", o->dump_file, as,
 		    strerror(errno));
 	if (o->hexdump && cli->hex == NULL) {
 		int fd = dup(STDERR_FILENO);
@@ -6706,23 +6960,25 @@ outputs_open(const struct tcpproxy_config *cfg, struct cli *cli)
 	}
 	if (o->log_file != NULL && (cli->log = fopen(o->log_file, "a")) ==
 	    NULL)
-		die("cannot open log file '%s': %s", o->log_file,
+		die("cannot open log file '%s'%s: %s", o->log_file, as,
 		    strerror(errno));
 	cli->log_common = o->log_common;
-	if ((cli->dump_dir = o->dump_dir) == NULL)
+	if (cli->dump_dir == NULL)
 		return;
 	if (mkdir(cli->dump_dir, 0777) == -1 && errno != EEXIST)
-		die("cannot create dump directory '%s': %s", cli->dump_dir,
-		    strerror(errno));
+		die("cannot create dump directory '%s'%s: %s", cli->dump_dir,
+		    as, strerror(errno));
 	if (stat(cli->dump_dir, &st) == -1)
-		die("cannot use dump directory '%s': %s", cli->dump_dir,
+		die("cannot use dump directory '%s'%s: %s", cli->dump_dir, as,
 		    strerror(errno));
 	if (!S_ISDIR(st.st_mode))
 		die("cannot use dump directory '%s': not a directory",
 		    cli->dump_dir);
-	if (access(cli->dump_dir, W_OK | X_OK) == -1)
-		die("cannot write to dump directory '%s': %s", cli->dump_dir,
-		    strerror(errno));
+	/* The effective ids: those of -u, borrowed (identity_borrow). */
+	if (faccessat(AT_FDCWD, cli->dump_dir, W_OK | X_OK, AT_EACCESS) ==
+	    -1)
+		die("cannot write to dump directory '%s'%s: %s", cli->dump_dir,
+		    as, strerror(errno));
 }
 
 /* Prints one --check-config problem. */
@@ -6775,9 +7031,8 @@ main(int argc, char *argv[])
 			    (unsigned long)r.cfg.nservices);
 		return n == 0 ? 0 : 2;
 	}
-	outputs_open(&r.cfg, cli);
 	/* A reload frees the config's strings; these are the process's. */
-	if ((cli->dump_dir != NULL && (cli->dump_dir = strdup(cli->dump_dir))
+	if ((o->dump_dir != NULL && (cli->dump_dir = strdup(o->dump_dir))
 	    == NULL) || (o->pid_file != NULL &&
 	    (r.pid_file = strdup(o->pid_file)) == NULL))
 		die("out of memory");
@@ -6785,20 +7040,36 @@ main(int argc, char *argv[])
 	r.hooks.user = cli;
 	r.hooks.on_accept = cli_accept;
 	/* Only a dump needs to see the data: the relay pays nothing else. */
-	if (cli->hex != NULL || cli->dump_dir != NULL)
+	if (o->hexdump || o->dump_dir != NULL)
 		r.hooks.on_data = cli_data;
-	if (cli->hex != NULL || cli->dump_dir != NULL || cli->log != NULL)
+	if (o->hexdump || o->dump_dir != NULL || o->log_file != NULL)
 		r.hooks.on_close = cli_close;
 	else
 		r.hooks.on_accept = NULL;
-	if (cli->log != NULL)
+	if (o->log_file != NULL)
 		r.hooks.on_refuse = cli_refuse;
 
 	if (signals_catch() == -1)
 		die("sigaction: %s", strerror(errno));
 	raise_fd_limit();
-	if (o->user != NULL)
+	if (o->user != NULL) {
 		identity_lookup(o->user, &id);
+		identity_borrow(&id, o->user);
+	}
+	/*
+	 * As the user who will write them (-u): a path that user cannot use
+	 * fails the start, naming it, instead of every capture later.  The
+	 * pid file alone is written by root, as root may need (/run).
+	 */
+	/* From here on every line is timed or goes to syslog, as asked. */
+	log_time = o->log_time;
+	if (o->log_syslog) {
+		openlog("tcpproxy", LOG_PID, LOG_DAEMON);
+		log_syslog = 1;
+	}
+	outputs_open(&r.cfg, cli);
+	if (o->user != NULL)
+		identity_return(o->user);
 	if ((r.p = tcpproxy_create(&r.cfg, err, sizeof(err))) == NULL)
 		die("%s", err);
 	if (r.pid_file != NULL)
@@ -6806,8 +7077,8 @@ main(int argc, char *argv[])
 	if (o->user != NULL)
 		identity_assume(&id, o->user);
 	else if (geteuid() == 0)
-		fprintf(stderr, "tcpproxy: warning: running as root; "
-		    "consider --user\n");
+		log_out(TCPPROXY_LOG_ERROR, "warning: running as root; "
+		    "consider --user");
 	if (o->workers > 1) {
 		rc = run_workers(&r, (int)o->workers);
 	} else {

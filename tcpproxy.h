@@ -65,7 +65,9 @@ enum tcpproxy_reason {
 	TCPPROXY_REASON_HOOK,		/* "hook-closed": on_data said CLOSE */
 	TCPPROXY_REASON_SHUTDOWN,	/* "shutdown": grace period ran out */
 	TCPPROXY_REASON_NO_MEMORY,	/* "no-memory" */
-	TCPPROXY_REASON_MAX_BYTES	/* "max-bytes": upstream limit reached */
+	TCPPROXY_REASON_MAX_BYTES,	/* "max-bytes": upstream limit reached */
+	TCPPROXY_REASON_QUEUE_TIMEOUT	/* "queue-timeout": waited too long
+					   for a place under max_clients */
 };
 
 /*
@@ -244,6 +246,11 @@ struct tcpproxy_service {
 	int keepalive;
 	double keepalive_idle;
 	const char *where;		/* "FILE:LINE" for messages, or NULL */
+	/* Seconds a client held by max_clients may wait for its turn before
+	 * it is closed (reason queue-timeout); 0: no limit (it waits in the
+	 * listen queue).  Less than 0, as tcpproxy_service_init() sets it:
+	 * the connect timeout, as haproxy's timeout queue defaults to. */
+	double queue_timeout;
 };
 
 /*
@@ -262,6 +269,8 @@ struct tcpproxy_program {
 	int log_common;			/* rinetd's logcommon */
 	int check_config;		/* --check-config */
 	int help, version;		/* -h, -V */
+	int log_time;			/* --log-time: RFC 3339 UTC prefix */
+	int log_syslog;			/* --syslog: to syslog(), not stderr */
 };
 
 /*

@@ -206,3 +206,105 @@ after" ]
 	has_line "$PROXY_LOG" ' close id=1 .*reason=shutdown'
 	wait_for 10 is_gone "$c1"
 }
+
+# ---- --log-time, --syslog ----
+
+@test "--log-time starts every line with an RFC 3339 UTC time to the millisecond" {
+	local t0 stamp
+	start_backend echo
+	t0=$(date -u +%s)
+	proxy_to_backend --log-time
+	printf 'ping' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$PROXY_PORT" >/dev/null
+	wait_for 10 has_line "$PROXY_LOG" ' close id=1 '
+	cat "$PROXY_LOG"
+	# Every line: the ready line, the warning and the bridge lines.
+	[ "$(count_lines "$PROXY_LOG" '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z tcpproxy: ')" -eq "$(lines_in "$PROXY_LOG")" ]
+	# The time is now, in UTC.
+	stamp=$(sed -n 's/^\([^ .]*\)\..*listening on.*/\1/p' "$PROXY_LOG")
+	[ $(($(date -u -d "${stamp/T/ }" +%s) - t0)) -le 5 ]
+	[ $(($(date -u -d "${stamp/T/ }" +%s) - t0)) -ge -1 ]
+}
+
+@test "--syslog sends the log to /dev/log with ident tcpproxy, facility daemon" {
+	local p
+	[ "$(id -u)" -eq 0 ] || skip "needs root (a private mount of /dev/log)"
+	command -v python3 >/dev/null || skip "needs python3"
+	unshare -m true 2>/dev/null || skip "needs unshare -m"
+	# A syslog stand-in: one datagram per line, for at most 60 s.
+	spawn single syslogd python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.settimeout(60)
+sys.stderr.write("ready\n")
+sys.stderr.flush()
+while True:
+    d = s.recv(4096)
+    sys.stdout.write(d.decode("utf-8", "replace").rstrip("\n") + "\n")
+    sys.stdout.flush()
+' "$T/log.sock"
+	wait_for 10 grep -q ready "$T/syslogd.err"
+	start_backend echo
+	# /dev/log, in a mount namespace of its own: nothing of the host's
+	# /dev changes, and the mount goes with the process.
+	spawn single proxy unshare -m sh -c 'mount -t tmpfs tmpfs /dev &&
+	    : >/dev/log && mount --bind "$1" /dev/log && shift &&
+	    exec "$@"' sh "$T/log.sock" "$TCPPROXY" --syslog 127.0.0.1 0 \
+	    127.0.0.1 "$BACKEND_PORT"
+	wait_for 10 grep -q 'listening on' "$T/syslogd.out"
+	cat "$T/syslogd.out"
+	# <29>: facility daemon (3 * 8) + notice (5).
+	has_line "$T/syslogd.out" '^<29>.*tcpproxy\[[0-9]+\]: listening on 127\.0\.0\.1:[0-9]+$'
+	p=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' \
+	    "$T/syslogd.out")
+	printf 'ping' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$p" >/dev/null
+	# <30>: daemon + info.
+	wait_for 10 has_line "$T/syslogd.out" '^<30>.*tcpproxy\[[0-9]+\]: close id=1 .*reason=client-closed'
+	no_line "$T/proxy.err" 'tcpproxy'
+}
+
+# ---- the grammar a newcomer types first ----
+
+@test "'*' listens on every address, IPv4 and IPv6, and both are served" {
+	need_ipv6
+	start_backend echo
+	start_proxy '*' 0 127.0.0.1 "$BACKEND_PORT"
+	has_line "$PROXY_LOG" "^tcpproxy: listening on 0\\.0\\.0\\.0:$PROXY_PORT\$"
+	wait_for 10 has_line "$PROXY_LOG" "^tcpproxy: listening on \\[::\\]:$PROXY_PORT\$"
+	[ "$(printf 'four' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$PROXY_PORT")" = four ]
+	[ "$(printf 'six' | "$CLIENT" -a 30 -k 3 ::1 "$PROXY_PORT")" = six ]
+}
+
+@test "an endpoint may be one word, HOST:PORT or [V6]:PORT" {
+	start_backend echo
+	start_proxy "127.0.0.1:0" "127.0.0.1:$BACKEND_PORT"
+	[ "$(printf 'four' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$PROXY_PORT")" = four ]
+	need_ipv6
+	start_backend -l ::1 echo
+	start_proxy "[::1]:0" "[::1]:$BACKEND_PORT"
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: listening on \[::1\]:[0-9]+$'
+	[ "$(printf 'six' | "$CLIENT" -a 30 -k 3 ::1 "$PROXY_PORT")" = six ]
+}
+
+@test "a value given to a flag names the long option, not its letter" {
+	bad_usage "option '--hexdump' takes no value" --hexdump=1 127.0.0.1 0 \
+	    127.0.0.1 80
+	bad_usage "option '--half-close' takes no value" --half-close=yes \
+	    127.0.0.1 0 127.0.0.1 80
+}
+
+@test "an ambiguous prefix is an error listing the candidates" {
+	bad_usage "ambiguous option '--max': --max-bytes, --max-clients, --max-per-source" \
+	    --max 1m 127.0.0.1 0 127.0.0.1 80
+}
+
+@test "SIGHUP and SIGUSR1 to a command-line proxy are logged and it keeps serving" {
+	start_backend echo
+	proxy_to_backend
+	kill -HUP "$PROXY_PID"
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: reloaded'
+	kill -USR1 "$PROXY_PID"
+	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: stats '
+	kill -0 "$PROXY_PID"
+	[ "$(printf 'four' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$PROXY_PORT")" = four ]
+}

@@ -62,6 +62,103 @@ load helper
 	[ "$(grep -c 'max-clients' "$PROXY_LOG")" -eq 1 ]
 }
 
+# hold_one ARGS...: starts a proxy with ARGS in front of an echo backend
+# and one client that holds its place (fd 4 feeds it); sets C1.
+hold_one() {
+	start_backend echo
+	proxy_to_backend "$@"
+	mkfifo "$T/hold$PROXIES"
+	SPAWN_STDIN=$T/hold$PROXIES spawn single "hold$PROXIES" "$CLIENT" -w \
+	    127.0.0.1 "$PROXY_PORT"
+	C1=$SPAWNED
+	exec 4>"$T/hold$PROXIES"
+	echo first >&4
+	wait_for 10 grep -q first "$T/hold$PROXIES.out"
+}
+
+@test "with -c 1 a client held longer than --queue-timeout is closed with reason queue-timeout" {
+	local c2 rc=0
+	hold_one -c 1 --queue-timeout 0.3
+	printf 'second\n' >"$T/in2"
+	SPAWN_STDIN=$T/in2 spawn single c2 "$CLIENT" -a 30 127.0.0.1 \
+	    "$PROXY_PORT"
+	c2=$SPAWNED
+	wait_for 10 is_gone "$c2"
+	wait "$c2" || rc=$?
+	[ "$rc" -eq 0 ]
+	[ ! -s "$T/c2.out" ]
+	has_line "$PROXY_LOG" '^tcpproxy: close id=2 client=127\.0\.0\.1:[0-9]+ server=- up=0 down=0 duration=(0\.[3-9]|[1-9])[0-9.]* reason=queue-timeout backend=-$'
+	[ "$(grep -c ' open id=' "$PROXY_LOG")" -eq 1 ]
+	# The first one was not disturbed; a third client still waits its turn.
+	echo again >&4
+	wait_for 10 grep -q again "$T/hold1.out"
+	printf 'third\n' >"$T/in3"
+	SPAWN_STDIN=$T/in3 spawn single c3 "$CLIENT" -a 30 -k 6 127.0.0.1 \
+	    "$PROXY_PORT"
+	exec 4>&-
+	wait_for 10 is_gone "$SPAWNED"
+	[ "$(cat "$T/c3.out")" = third ]
+}
+
+@test "the queue timeout defaults to the connect timeout; --queue-timeout 0 waits" {
+	local c2
+	hold_one -c 1 -t 0.3
+	spawn single c2 "$CLIENT" -a 30 -g 0 127.0.0.1 "$PROXY_PORT"
+	c2=$SPAWNED
+	wait_for 10 has_line "$PROXY_LOG" ' close id=2 .*reason=queue-timeout'
+	wait_for 10 is_gone "$c2"
+	# With 0 the client waits in the listen queue until a place is free.
+	hold_one -c 1 -t 0.3 --queue-timeout 0
+	printf 'second\n' >"$T/in2"
+	SPAWN_STDIN=$T/in2 spawn single c2 "$CLIENT" -a 30 -k 7 127.0.0.1 \
+	    "$PROXY_PORT"
+	c2=$SPAWNED
+	wait_for 10 has_line "$PROXY_LOG" 'max-clients'
+	observe_for 1
+	kill -0 "$c2"
+	no_line "$PROXY_LOG" 'reason=queue-timeout'
+	exec 4>&-
+	wait_for 10 is_gone "$c2"
+	[ "$(cat "$T/c2.out")" = second ]
+}
+
+@test "held clients are served in the order they came" {
+	local k
+	hold_one -v -c 1
+	for k in 2 3 4; do
+		printf 'client%s\n' "$k" >"$T/in$k"
+		SPAWN_STDIN=$T/in$k spawn single "c$k" "$CLIENT" -a 30 -k 8 \
+		    127.0.0.1 "$PROXY_PORT"
+		# Each is accepted (and queued) before the next connects.
+		WAIT_INTERVAL=$FAST_POLL_INTERVAL wait_for 10 \
+		    grep -q "queue id=$k " "$PROXY_LOG"
+	done
+	exec 4>&-
+	for k in 2 3 4; do
+		wait_for 10 grep -q "client$k" "$T/c$k.out"
+	done
+	[ "$(sed -n 's/.* open id=\([0-9]*\) .*/\1/p' "$PROXY_LOG" | tr '\n' ' ')" = "1 2 3 4 " ]
+}
+
+@test "after SIGTERM a held client is closed at once, an open bridge gets its grace" {
+	local c2
+	hold_one -c 1 --grace 30
+	spawn single c2 "$CLIENT" -a 30 -g 0 127.0.0.1 "$PROXY_PORT"
+	c2=$SPAWNED
+	wait_for 10 has_line "$PROXY_LOG" 'max-clients'
+	kill -TERM "$PROXY_PID"
+	wait_for 10 has_line "$PROXY_LOG" ' close id=2 .*server=- .*reason=shutdown'
+	wait_for 10 is_gone "$c2"
+	no_line "$PROXY_LOG" ' close id=1 '
+	echo still >&4
+	wait_for 10 grep -q still "$T/hold1.out"
+}
+
+@test "bad --queue-timeout values are usage errors naming them" {
+	bad_usage "'x'" --queue-timeout x 127.0.0.1 0 127.0.0.1 80
+	bad_usage "'-1'" --queue-timeout -1 127.0.0.1 0 127.0.0.1 80
+}
+
 @test "--max-clients is the long name of -c" {
 	local c1
 	start_backend echo

@@ -40,6 +40,11 @@ teardown() {
 			tail -n 20 "$f"
 		done
 	fi
+	if [ -f "${T:-}/scratch" ]; then
+		while read -r f; do
+			rm -rf -- "$f"
+		done <"$T/scratch"
+	fi
 	[ -f "${PIDS:-}" ] || return 0
 	# Backends lead a process group of their own (children included).
 	while read -r kind pid; do
@@ -65,6 +70,15 @@ teardown() {
 		fi
 		wait "$pid" 2>/dev/null || true
 	done <"$PIDS"
+}
+
+# scratch_dir: makes a directory every user may write to (mode 1777),
+# outside BATS_TEST_TMPDIR, whose parents may be 0700; sets SCRATCH to
+# it.  teardown removes it.
+scratch_dir() {
+	SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/tcpproxy-test.XXXXXX")
+	echo "$SCRATCH" >>"$T/scratch"
+	chmod 1777 "$SCRATCH"
 }
 
 # now_ms: prints the wall clock in milliseconds.
@@ -231,6 +245,17 @@ bad_usage() {
 	[[ ${lines[0]} == "tcpproxy: "* ]]
 	[[ ${lines[0]} == *"$word"* ]]
 	printf '%s\n' "${lines[@]}" | grep -q '^usage: tcpproxy'
+}
+
+# start_fails WORD ARGS...: tcpproxy ARGS exits 1 (a start-up failure)
+# and its first line is a "tcpproxy: " message containing WORD.
+start_fails() {
+	local word=$1
+	shift
+	run $LIMIT "$TCPPROXY" "$@"
+	echo "$output"
+	[ "$status" -eq 1 ]
+	[[ ${lines[0]} == "tcpproxy: "*"$word"* ]]
 }
 
 # observe_for SECS: lets SECS pass, bounded, while a test checks that

@@ -112,6 +112,49 @@ EOF
 	[[ ${lines[0]} == "tcpproxy: "*"$T/none/dump"* ]]
 }
 
+@test "a --dump-dir that vanished names the file a capture could not create" {
+	start_backend echo
+	proxy_to_backend --dump-dir "$T/dd"
+	rmdir "$T/dd"
+	printf 'ping' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$PROXY_PORT" >"$T/out"
+	[ "$(cat "$T/out")" = ping ]
+	wait_for 10 has_line "$PROXY_LOG" "^tcpproxy: dump id=1: cannot create '$T/dd/1_127\.0\.0\.1_[0-9]+\.(up|down)': "
+}
+
+@test "with -u a --dump-dir is made by that user and captures" {
+	local cport
+	need_root
+	id -u nobody >/dev/null 2>&1 || skip "no user nobody"
+	scratch_dir
+	start_backend echo
+	proxy_to_backend -u nobody --dump-dir "$SCRATCH/dd"
+	printf 'ping' | "$CLIENT" -a 30 -k 4 127.0.0.1 "$PROXY_PORT" >"$T/out"
+	wait_for 10 has_line "$PROXY_LOG" ' close id=1 '
+	cport=$(sed -n 's/.* open id=1 client=127\.0\.0\.1:\([0-9]*\) .*/\1/p' \
+	    "$PROXY_LOG")
+	[ "$(cat "$SCRATCH/dd/1_127.0.0.1_$cport.up")" = ping ]
+	[ "$(ls -ld "$SCRATCH/dd" | awk '{ print $3 }')" = nobody ]
+	no_line "$PROXY_LOG" 'dump id='
+}
+
+@test "with -u a dump path that user cannot write is a start-up failure naming it" {
+	need_root
+	id -u nobody >/dev/null 2>&1 || skip "no user nobody"
+	mkdir -m 0700 "$T/priv"
+	start_fails "'$T/priv/dd' as user 'nobody'" -u nobody \
+	    --dump-dir "$T/priv/dd" 127.0.0.1 0 127.0.0.1 80
+	[ ! -e "$T/priv/dd" ]
+	start_fails "'$T/priv/hex' as user 'nobody'" -u nobody \
+	    --dump-file "$T/priv/hex" 127.0.0.1 0 127.0.0.1 80
+	# A directory root made, not writable by the user, is refused too.
+	mkdir -m 0755 "$T/rootdir"
+	start_fails "'$T/rootdir' as user 'nobody'" -u nobody \
+	    --dump-dir "$T/rootdir" 127.0.0.1 0 127.0.0.1 80
+	printf 'logfile %s\n127.0.0.1 0 127.0.0.1 80\n' "$T/priv/log" \
+	    >"$T/log.conf"
+	start_fails "'$T/priv/log' as user 'nobody'" -u nobody -f "$T/log.conf"
+}
+
 # ---- --allow, --deny ----
 
 @test "with -a only clients in the block are served; others are refused at once" {

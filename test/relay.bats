@@ -179,6 +179,25 @@ start_busy_bridge() {
 	wait_for 10 has_line "$PROXY_LOG" ' close .* up=1048576 down=0 .*reason=client-closed'
 }
 
+@test "with -v a client's EOF that left it no reply logs one hint naming -H" {
+	start_backend reply 10
+	proxy_to_backend -v
+	"$CLIENT" -r -g 10 -w 127.0.0.1 "$PROXY_PORT" >"$T/c1"
+	"$CLIENT" -r -g 10 -w 127.0.0.1 "$PROXY_PORT" >"$T/c2"
+	wait_for 10 has_line "$PROXY_LOG" ' close id=2 .*down=0 .*reason=client-closed'
+	[ "$(count_lines "$PROXY_LOG" '^tcpproxy: hint: id=1: .*-H \(--half-close\)')" -eq 1 ]
+	[ "$(count_lines "$PROXY_LOG" 'hint')" -eq 1 ]
+	# Not without -v, and not with -H, where the reply comes through.
+	proxy_to_backend
+	"$CLIENT" -r -g 10 -w 127.0.0.1 "$PROXY_PORT" >"$T/c3"
+	wait_for 10 has_line "$PROXY_LOG" ' close id=1 .*reason=client-closed'
+	no_line "$PROXY_LOG" 'hint'
+	proxy_to_backend -v -H
+	"$CLIENT" -r -g 10 -w 127.0.0.1 "$PROXY_PORT" >"$T/c4"
+	wait_for 10 has_line "$PROXY_LOG" ' close id=1 .*down=10 '
+	no_line "$PROXY_LOG" 'hint'
+}
+
 @test "IPv6 works on both sides" {
 	need_ipv6
 	start_backend -l ::1 echo
