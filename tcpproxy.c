@@ -441,6 +441,7 @@ struct service {
 	size_t nroutes;
 	int keepalive;			/* seconds idle before probes; 0 */
 	unsigned int socket_mode;
+	struct fault *faults;		/* --fault and the control socket's */
 	struct timer_list timers[TIMER_FDWAIT];	/* connect, idle, queue,
 						 * preamble */
 	char **spare;			/* free buffers of bufsize */
@@ -455,6 +456,77 @@ struct origin {
 	struct sockaddr_storage src, dst;
 	socklen_t srclen;
 	char via[ADDR_NAME_MAX];
+};
+
+/* The actions of faults (--fault), in the order of fault_actions[]. */
+enum {
+	F_DELAY, F_TTFB, F_RATE, F_SLICE, F_CLOSE, F_HALFCLOSE, F_RESET,
+	F_TIMEOUT, F_STALL, F_DROP, F_CORRUPT, F_SLOWCLOSE, F_CONNECT_DELAY,
+	F_NACTIONS
+};
+
+#define FAULT_MARKS 32			/* delayed chunks held per flow */
+#define FAULT_MAX 16			/* faults acting on one bridge */
+#define NO_SLOT ((size_t)-1)
+
+/*
+ * One fault of a service, as parsed from its spec.  Bridges that it
+ * applies to hold a reference; a deleted fault is dead (it acts no more)
+ * and freed with the last bridge.
+ */
+struct fault {
+	struct fault *next;
+	unsigned long refs;
+	int dead;
+	int action;			/* F_* */
+	unsigned char dirs;		/* bit 1 << s: it acts on flow[s] */
+	double p;			/* per bridge, decided once */
+	unsigned long conn_lo, conn_hi;	/* which bridges, by number */
+	int after_time;			/* after= is ms, not bytes */
+	unsigned long long after;
+	long long for_ms;		/* then it is lifted; 0: never */
+	long long t_ms, jitter_ms, gap_ms;	/* the action's times */
+	unsigned long long n;		/* the action's bytes or offset */
+	double prob;			/* corrupt=p=P */
+	unsigned long fired;		/* times it acted (lines logged) */
+	unsigned long long key;		/* hash of its name: random choices */
+	int named;			/* name= given, not made up */
+	char name[40];
+	char spec[256];			/* as given, for list */
+};
+
+/* What one fault does to one bridge. */
+struct bfault {
+	struct fault *f;
+	unsigned char on;		/* p and conn= chose this bridge */
+	unsigned char done;		/* a one-shot fault has acted */
+	unsigned char acted;		/* bit 1 << s: its first act logged */
+	long long started[2];		/* ms it began on flow[s]; 0: not */
+	double tokens[2];		/* rate= */
+	long long stamp[2];
+	long long next_at[2];		/* slice gap= */
+};
+
+/* A delayed chunk of a flow: the bytes up to end go at ms at. */
+struct mark {
+	unsigned long long end;
+	long long at;
+};
+
+/* The fault state of a bridge of a service with faults. */
+struct faults {
+	unsigned long nth;		/* its number in its service, from 1 */
+	size_t n;			/* f[0..n) */
+	long long due;			/* its next deadline; LLONG_MAX: none */
+	size_t hidx;			/* its heap slot, or NO_SLOT */
+	unsigned long long queued[2];	/* bytes ever queued in flow[s] */
+	unsigned long long released[2];	/* of those, free to go */
+	unsigned long long chunks[2];
+	struct mark marks[2][FAULT_MARKS];
+	size_t mhead[2], mlen[2];
+	long long eof_at[2];		/* slowclose: EOF from s held till */
+	long long connect_at;		/* connect-delay: connect then */
+	struct bfault f[FAULT_MAX];
 };
 
 /* A bound socket and the service it feeds. */
@@ -483,6 +555,7 @@ struct bridge {
 	unsigned short hdr;		/* PROXY header bytes queued upstream */
 	unsigned short route;		/* its --sni route + 1, or 0 */
 	struct origin *origin;		/* a PROXY header's addresses, or NULL */
+	struct faults *fx;		/* its faults, or NULL: none */
 	enum tcpproxy_reason reason;	/* first cause of the end */
 	int error;
 	struct service *svc;		/* the service it was accepted by */
@@ -533,6 +606,9 @@ struct tcpproxy {
 	char worker[24];		/* " worker=N" in logs, or "" */
 	long long grace_end;		/* ms */
 	unsigned int seed;		/* jitter for health checks */
+	unsigned long long fault_seed;	/* --seed */
+	struct bridge **heap;		/* fault deadlines, a min-heap */
+	size_t nheap, heapcap;
 };
 
 /* ---- prototypes ---- */
@@ -542,6 +618,20 @@ static void flow_drain(struct tcpproxy *, struct bridge *, int);
 static void listeners_update(struct tcpproxy *);
 static void accept_pause(struct tcpproxy *, int);
 static void service_put(struct tcpproxy *, struct service *);
+/* The fault stages, which the relay calls only for a bridge with faults. */
+static size_t fault_room(struct tcpproxy *, struct bridge *, int, size_t);
+static int fault_readable(struct tcpproxy *, struct bridge *, int);
+static size_t fault_chunk(struct tcpproxy *, struct bridge *, int, char *,
+    size_t);
+static size_t fault_writable(struct tcpproxy *, struct bridge *, int,
+    size_t);
+static void fault_sent(struct tcpproxy *, struct bridge *, int, size_t);
+static int fault_eof(struct tcpproxy *, struct bridge *, int);
+static long long fault_connect_delay(struct tcpproxy *, struct bridge *);
+static void fault_settle(struct tcpproxy *, struct bridge *);
+static void fault_arm(struct tcpproxy *, struct bridge *);
+static void faults_admit(struct tcpproxy *, struct bridge *);
+static void fault_detach(struct tcpproxy *, struct bridge *);
 static void bridge_begin(struct tcpproxy *, struct bridge *);
 
 /* ---- helpers ---- */
@@ -549,7 +639,7 @@ static const char *const reason_names[] = {
 	"open", "client-closed", "server-closed", "client-reset",
 	"server-reset", "client-error", "server-error", "connect-refused",
 	"connect-timeout", "connect-failed", "idle-timeout", "hook-closed",
-	"shutdown", "no-memory", "max-bytes", "queue-timeout"
+	"shutdown", "no-memory", "max-bytes", "queue-timeout", "fault"
 };
 
 const char *
@@ -1526,28 +1616,27 @@ throttle_unlink(struct tcpproxy *p, struct bridge *b)
 }
 
 /*
- * Returns how many bytes flow[s] may read now under --rate, at most room.
- * When too few tokens are left to be worth a read, pauses the flow until
- * enough have come in, and returns 0.
+ * A token bucket of rate bytes per second and burst bytes for flow[s] of
+ * b: returns how many bytes it may read now, at most room.  When too few
+ * tokens are left to be worth a read, pauses the flow until enough have
+ * come in, and returns 0.
  */
 static size_t
-flow_allowance(struct tcpproxy *p, struct bridge *b, int s, size_t room)
+bucket_allow(struct tcpproxy *p, struct bridge *b, int s, double *tokens,
+    long long *stamp, double rate, double burst, size_t room)
 {
 	struct flow *f = &b->flow[s];
-	const struct service *svc = b->svc;
-	double rate = (double)svc->rate, low = svc->burst / 4;
+	double low = burst / 4;
 
-	if (svc->rate == 0)
-		return room;
-	f->tokens += (double)(p->now - f->stamp) * rate / 1000.0;
-	f->stamp = p->now;
-	if (f->tokens > svc->burst)
-		f->tokens = svc->burst;
+	*tokens += (double)(p->now - *stamp) * rate / 1000.0;
+	*stamp = p->now;
+	if (*tokens > burst)
+		*tokens = burst;
 	if (low < 1)
 		low = 1;
-	if (f->tokens >= low)
-		return f->tokens < (double)room ? (size_t)f->tokens : room;
-	f->resume = p->now + 1 + (long long)((low - f->tokens) * 1000 / rate);
+	if (*tokens >= low)
+		return *tokens < (double)room ? (size_t)*tokens : room;
+	f->resume = p->now + 1 + (long long)((low - *tokens) * 1000 / rate);
 	if (!b->throttled) {
 		b->throttled = 1;
 		b->tprev = NULL;
@@ -1557,6 +1646,18 @@ flow_allowance(struct tcpproxy *p, struct bridge *b, int s, size_t room)
 		p->throttled = b;
 	}
 	return 0;
+}
+
+/* Returns how many bytes flow[s] may read now under --rate, at most room. */
+static size_t
+flow_allowance(struct tcpproxy *p, struct bridge *b, int s, size_t room)
+{
+	struct flow *f = &b->flow[s];
+
+	if (b->svc->rate == 0)
+		return room;
+	return bucket_allow(p, b, s, &f->tokens, &f->stamp,
+	    (double)b->svc->rate, b->svc->burst, room);
 }
 
 /* ---- bridge I/O ---- */
@@ -1747,6 +1848,8 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 	    room > svc->max_bytes - f->taken)
 		room = (size_t)(svc->max_bytes - f->taken);
 	room = flow_allowance(p, b, s, room);
+	if (b->fx != NULL && room > 0)
+		room = fault_room(p, b, s, room);
 	if (room == 0) {
 		/* Paused by --rate, or woken by POLLHUP with a full buffer. */
 		if (f->off == f->len)
@@ -1756,7 +1859,8 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 	start = f->len;
 	n = recv(b->fd[s], f->buf + start, room, 0);
 	if (n == 0) {
-		side_eof(p, b, s);
+		if (b->fx == NULL || !fault_eof(p, b, s))
+			side_eof(p, b, s);
 	} else if (n < 0) {
 		if (errno != EINTR && !WOULD_BLOCK(errno))
 			side_fail(p, b, s, errno);
@@ -1768,6 +1872,8 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 		f->tokens -= (double)len;
 		if (hooked(p))
 			len = flow_hook(p, b, s, start, len, 0);
+		if (b->fx != NULL)
+			len = fault_chunk(p, b, s, f->buf + start, len);
 		f->len += len;
 		/* After the hook saw the chunk: its last call comes last. */
 		if (s == CLIENT && f->taken == svc->max_bytes) {
@@ -1807,8 +1913,12 @@ flow_drain(struct tcpproxy *p, struct bridge *b, int s)
 	if (f->buf == NULL || !b->wr[d] || b->state != BRIDGE_OPEN)
 		return;
 	for (;;) {
-		n = send(b->fd[d], f->buf + f->off, f->len - f->off,
-		    SEND_FLAGS);
+		size_t len = f->len - f->off;
+
+		/* A fault may hold bytes back (delay) or cut them (slice). */
+		if (b->fx != NULL && (len = fault_writable(p, b, s, len)) == 0)
+			return;
+		n = send(b->fd[d], f->buf + f->off, len, SEND_FLAGS);
 		if (n < 0) {
 			if (errno != EINTR && !WOULD_BLOCK(errno))
 				side_fail(p, b, d, errno);
@@ -1824,8 +1934,13 @@ flow_drain(struct tcpproxy *p, struct bridge *b, int s)
 			n -= (ssize_t)h;
 		}
 		f->bytes += (unsigned long long)n;
-		if (f->off < f->len)
-			return;
+		if (b->fx != NULL)
+			fault_sent(p, b, s, (size_t)n);
+		if (f->off < f->len) {
+			if (b->fx == NULL || (size_t)n < len)
+				return;
+			continue;	/* a fault held some back: more now? */
+		}
 		buf_give(b->svc, f);
 		/* The hook had more to add than cap allowed: room again. */
 		if (f->more == MORE_NONE || buf_take(b->svc, f) == -1)
@@ -1841,7 +1956,7 @@ flow_drain(struct tcpproxy *p, struct bridge *b, int s)
 
 /* Returns the poll events side s of b wants, derived from its state. */
 static short
-want(const struct tcpproxy *p, const struct bridge *b, int s)
+want(struct tcpproxy *p, struct bridge *b, int s)
 {
 	const struct flow *f = &b->flow[s];
 	/* Room for a read, once the queue is slid down (see flow_read). */
@@ -1867,10 +1982,17 @@ want(const struct tcpproxy *p, const struct bridge *b, int s)
 			return b->state == BRIDGE_CONNECTING ? POLLOUT : 0;
 		break;
 	default:
-		if (b->wr[s] && b->flow[!s].buf != NULL)
+		/* Bytes a fault holds back are not worth a POLLOUT: they
+		 * go at their deadline. */
+		if (b->wr[s] && b->flow[!s].buf != NULL && (b->fx == NULL ||
+		    fault_writable(p, b, !s, b->flow[!s].len -
+		    b->flow[!s].off) > 0))
 			ev |= POLLOUT;
 		break;
 	}
+	if (b->fx != NULL && b->rd[s] && !f->resume && room &&
+	    !fault_readable(p, b, s))
+		room = 0;
 	if (b->rd[s] && !f->resume && room)
 		ev |= POLLIN;
 	return ev;
@@ -2397,6 +2519,7 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	}
 	timer_unlink(p, b);
 	throttle_unlink(p, b);
+	fault_detach(p, b);
 	free(b->origin);
 	/*
 	 * The last bridge fills the slot.  The cold sweep has polled the
@@ -2438,6 +2561,8 @@ bridge_settle(struct tcpproxy *p, struct bridge *b)
 {
 	int s;
 
+	if (b->fx != NULL)
+		fault_settle(p, b);
 	if (b->state == BRIDGE_OPEN && b->svc->half_close) {
 		for (s = CLIENT; s <= SERVER; s++) {
 			if (!flow_done(b, s) || !b->wr[!s])
@@ -2457,6 +2582,8 @@ bridge_settle(struct tcpproxy *p, struct bridge *b)
 		pfd->events = want(p, b, s);
 		pfd->fd = pfd->events ? b->fd[s] : -1;
 	}
+	if (b->fx != NULL)
+		fault_arm(p, b);
 	return 0;
 }
 
@@ -2607,10 +2734,13 @@ static int
 bridge_start(struct tcpproxy *p, struct bridge *b, const char *sni)
 {
 	struct service *svc = b->svc;
+	long long delay;
 
 	svc->st->total++;
 	b->state = BRIDGE_CONNECTING;	/* server_connect says what it is */
 	timer_unlink(p, b);
+	if (svc->faults != NULL)
+		faults_admit(p, b);
 	/* The policy's choice, or if it is down the next usable one. */
 	b->start = plan_start(p, svc, b);
 	(void)plan_next(p, b);
@@ -2620,6 +2750,11 @@ bridge_start(struct tcpproxy *p, struct bridge *b, const char *sni)
 	    b->id, p->worker, b->client, b->origin != NULL ? " via=" : "",
 	    b->origin != NULL ? b->origin->via : "", bridge_server(b),
 	    sni != NULL ? " sni=" : "", sni != NULL ? sni : "", svc->tag);
+	if (b->fx != NULL && (delay = fault_connect_delay(p, b)) > 0) {
+		/* The client waits, its bytes kept, until fault_tick. */
+		b->fx->connect_at = p->now + delay;
+		return bridge_settle(p, b);
+	}
 	/* Out of descriptors, it waits; it fails only with no backend. */
 	if (server_connect(p, b, 0) == -1) {
 		bridge_close(p, b);
@@ -2910,6 +3045,1007 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 		return;
 	}
 	bridge_begin(p, b);
+}
+
+/* ---- faults: the grammar ---- */
+
+/*
+ * A fault is one shell word, the same on the command line, in a config
+ * file and over the control socket: ACTION[=ARG][,KEY=VALUE]...  Parsed
+ * here, once, into a record its service keeps; bridges point at the
+ * records that apply to them.
+ */
+static const char *const fault_actions[F_NACTIONS] = {
+	"delay", "ttfb", "rate", "slice", "close", "halfclose", "reset",
+	"timeout", "stall", "drop", "corrupt", "slowclose", "connect-delay"
+};
+
+/* Parses a time: seconds, or a number with us, ms or s; ms into *ms. */
+static int
+fault_time(const char *s, long long *ms)
+{
+	char *end;
+	double v, scale = 1000;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	v = strtod(s, &end);
+	if (strcmp(end, "us") == 0)
+		scale = 0.001;
+	else if (strcmp(end, "ms") == 0)
+		scale = 1;
+	else if (strcmp(end, "s") != 0 && *end != '\0')
+		return -1;
+	if (!(v >= 0) || v * scale > 1e12)
+		return -1;
+	/* Rounded up: a delay is never shorter than asked. */
+	*ms = (long long)(v * scale);
+	if ((double)*ms < v * scale)
+		(*ms)++;
+	return 0;
+}
+
+/* Parses a byte count in digits with an optional k, m or g; 0 or -1. */
+static int
+fault_size(const char *s, unsigned long long *n)
+{
+	char *end;
+	unsigned long long v, mul = 1;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0)
+		return -1;
+	if (*end == 'k' || *end == 'K')
+		mul = 1024;
+	else if (*end == 'm' || *end == 'M')
+		mul = 1024 * 1024;
+	else if (*end == 'g' || *end == 'G')
+		mul = 1024 * 1024 * 1024;
+	if (mul > 1)
+		end++;
+	if (*end != '\0' || v > (1ULL << 50) / mul)
+		return -1;
+	*n = v * mul;
+	return 0;
+}
+
+/* Parses a probability, 0..1; 0 or -1. */
+static int
+fault_prob(const char *s, double *p)
+{
+	char *end;
+
+	if ((*s < '0' || *s > '9') && *s != '.')
+		return -1;
+	*p = strtod(s, &end);
+	return *end == '\0' && *p >= 0 && *p <= 1 ? 0 : -1;
+}
+
+/* Parses conn=N, N-M or N+ into [*lo, *hi]; 0 or -1. */
+static int
+fault_conns(const char *s, unsigned long *lo, unsigned long *hi)
+{
+	char *end;
+
+	if (*s < '1' || *s > '9')
+		return -1;
+	*lo = *hi = strtoul(s, &end, 10);
+	if (*end == '+' && end[1] == '\0') {
+		*hi = ULONG_MAX;
+		return 0;
+	}
+	if (*end == '-') {
+		if (end[1] < '1' || end[1] > '9')
+			return -1;
+		*hi = strtoul(end + 1, &end, 10);
+	}
+	return *end == '\0' && *hi >= *lo ? 0 : -1;
+}
+
+/* Returns a 64-bit hash of a string (FNV-1a), for random choices. */
+static unsigned long long
+str_hash(const char *s)
+{
+	unsigned long long h = 14695981039346656037ULL;
+
+	for (; *s != '\0'; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+/*
+ * Parses the value of one key of a fault; a key the action does not take
+ * is an error.  Returns 0, or -1 with the reason in err.
+ */
+static int
+fault_key(struct fault *f, const char *key, const char *val, char *err,
+    size_t errlen)
+{
+	int a = f->action;
+
+	if (strcmp(key, "dir") == 0) {
+		if (strcmp(val, "up") == 0)
+			f->dirs = 1u << CLIENT;
+		else if (strcmp(val, "down") == 0)
+			f->dirs = 1u << SERVER;
+		else if (strcmp(val, "both") == 0)
+			f->dirs = 3;
+		else
+			goto bad;
+	} else if (strcmp(key, "p") == 0) {
+		if (fault_prob(val, &f->p) == -1)
+			goto bad;
+	} else if (strcmp(key, "conn") == 0) {
+		if (fault_conns(val, &f->conn_lo, &f->conn_hi) == -1)
+			goto bad;
+	} else if (strcmp(key, "after") == 0) {
+		long long ms;
+
+		if (fault_size(val, &f->after) == 0) {
+			f->after_time = 0;
+		} else if (fault_time(val, &ms) == 0 && *val != '\0' &&
+		    val[strlen(val) - 1] == 's') {
+			f->after_time = 1;
+			f->after = (unsigned long long)ms;
+		} else {
+			goto bad;
+		}
+	} else if (strcmp(key, "for") == 0) {
+		if (fault_time(val, &f->for_ms) == -1 || f->for_ms == 0)
+			goto bad;
+	} else if (strcmp(key, "name") == 0) {
+		if (*val == '\0' || strlen(val) >= sizeof(f->name) ||
+		    val[strspn(val, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"
+		    "OPQRSTUVWXYZ0123456789-_.")] != '\0')
+			goto bad;
+		snprintf(f->name, sizeof(f->name), "%s", val);
+		f->named = 1;
+	} else if (strcmp(key, "jitter") == 0 && a == F_DELAY) {
+		if (fault_time(val, &f->jitter_ms) == -1)
+			goto bad;
+	} else if (strcmp(key, "gap") == 0 && a == F_SLICE) {
+		if (fault_time(val, &f->gap_ms) == -1)
+			goto bad;
+	} else {
+		return failed(err, errlen, EINVAL, "unknown key '%s' for "
+		    "fault '%s'", key, fault_actions[a]);
+	}
+	return 0;
+bad:
+	return failed(err, errlen, EINVAL, "invalid %s '%s' in fault '%s'",
+	    key, val, fault_actions[a]);
+}
+
+/* Parses the ARG of ACTION=ARG into f; 0 or -1 with the reason in err. */
+static int
+fault_arg(struct fault *f, const char *arg, char *err, size_t errlen)
+{
+	int ok = 0;
+
+	switch (f->action) {
+	case F_DELAY: case F_TTFB: case F_TIMEOUT: case F_SLOWCLOSE:
+	case F_CONNECT_DELAY:
+		ok = arg != NULL && fault_time(arg, &f->t_ms) == 0;
+		break;
+	case F_RESET:
+		ok = arg == NULL || fault_time(arg, &f->t_ms) == 0;
+		break;
+	case F_RATE: case F_SLICE:
+		ok = arg != NULL && fault_size(arg, &f->n) == 0 && f->n > 0;
+		break;
+	case F_CLOSE: case F_HALFCLOSE:
+		ok = arg != NULL && fault_size(arg, &f->n) == 0;
+		break;
+	case F_CORRUPT:
+		if (arg != NULL && strncmp(arg, "p=", 2) == 0)
+			ok = fault_prob(arg + 2, &f->prob) == 0 && f->prob > 0;
+		else
+			ok = arg != NULL && fault_size(arg, &f->n) == 0;
+		break;
+	default:	/* stall, drop */
+		ok = arg == NULL;
+		break;
+	}
+	if (ok)
+		return 0;
+	if (arg == NULL)
+		return failed(err, errlen, EINVAL, "fault '%s' needs a value",
+		    fault_actions[f->action]);
+	return failed(err, errlen, EINVAL, "invalid value '%s' for fault "
+	    "'%s'", arg, fault_actions[f->action]);
+}
+
+/*
+ * Parses a fault spec into f.  Returns 0, or -1 with a message naming
+ * the word at fault in err.
+ */
+static int
+fault_parse(const char *spec, struct fault *f, char *err, size_t errlen)
+{
+	char buf[256], *item, *next, *eq;
+	int first = 1;
+
+	memset(f, 0, sizeof(*f));
+	f->dirs = 3;
+	f->p = 1;
+	f->prob = -1;
+	f->conn_lo = 1;
+	f->conn_hi = ULONG_MAX;
+	if (strlen(spec) >= sizeof(buf))
+		return failed(err, errlen, EINVAL, "fault '%.40s...' is too "
+		    "long", spec);
+	snprintf(buf, sizeof(buf), "%s", spec);
+	snprintf(f->spec, sizeof(f->spec), "%s", spec);
+	for (item = buf; item != NULL; item = next, first = 0) {
+		if ((next = strchr(item, ',')) != NULL)
+			*next++ = '\0';
+		if ((eq = strchr(item, '=')) != NULL)
+			*eq++ = '\0';
+		if (first) {
+			for (f->action = 0; f->action < F_NACTIONS; f->action++)
+				if (strcmp(item, fault_actions[f->action]) == 0)
+					break;
+			if (f->action == F_NACTIONS)
+				return failed(err, errlen, EINVAL, "unknown "
+				    "fault '%s'", item);
+			/* corrupt=p=0.1: the value has an '=' of its own. */
+			if (fault_arg(f, eq, err, errlen) == -1)
+				return -1;
+			continue;
+		}
+		if (eq == NULL)
+			return failed(err, errlen, EINVAL, "'%s' in fault '%s' "
+			    "is not KEY=VALUE", item, fault_actions[f->action]);
+		if (fault_key(f, item, eq, err, errlen) == -1)
+			return -1;
+	}
+	if (f->name[0] == '\0')
+		snprintf(f->name, sizeof(f->name), "%s",
+		    fault_actions[f->action]);
+	if (f->prob < 0)
+		f->prob = 0;
+	f->key = str_hash(f->name);
+	return 0;
+}
+
+/* Returns the fault called name in the list at head (up to stop). */
+static struct fault *
+fault_find(struct fault *head, const struct fault *stop, const char *name)
+{
+	for (; head != stop; head = head->next)
+		if (!head->dead && strcmp(head->name, name) == 0)
+			return head;
+	return NULL;
+}
+
+/*
+ * Gives f a name no fault before it in the list at head has (all of the
+ * list if f is not in it): a name made up from
+ * its action gets "#2", "#3"...  Returns 0, or -1 for a name= taken.
+ */
+static int
+fault_name_unique(struct fault *head, struct fault *f)
+{
+	char base[sizeof(f->name)];
+	unsigned long k;
+
+	if (fault_find(head, f, f->name) == NULL)
+		return 0;
+	if (f->named)
+		return -1;
+	snprintf(base, sizeof(base), "%s", f->name);
+	for (k = 2; fault_find(head, f, f->name) != NULL; k++)
+		snprintf(f->name, sizeof(f->name), "%.30s#%lu", base, k);
+	f->key = str_hash(f->name);
+	return 0;
+}
+
+/*
+ * Names the faults of a list uniquely, in order.  Returns NULL, or the
+ * first whose name= an earlier one has.
+ */
+static struct fault *
+faults_name(struct fault *head)
+{
+	struct fault *f;
+
+	for (f = head; f != NULL; f = f->next)
+		if (fault_name_unique(head, f) == -1)
+			return f;
+	return NULL;
+}
+
+/* ---- faults: the stages ---- */
+
+/*
+ * A bridge of a service with faults gets a fault state (b->fx): which of
+ * its service's faults apply to it (decided once, when it is admitted or
+ * when the fault is added), and what they hold: the release times of
+ * delayed chunks, slices' next times, an EOF held back.  The relay asks
+ * it at four points (how much may be read, what a chunk becomes, how
+ * much may be written, what happens at the end), each behind one test of
+ * b->fx, so a service with no fault pays nothing else.  Every deadline
+ * of a bridge's faults is one entry of the engine's min-heap.
+ */
+
+/* splitmix64: the generator of every random choice, the same anywhere. */
+static unsigned long long
+mix64(unsigned long long x)
+{
+	x += 0x9e3779b97f4a7c15ULL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+/*
+ * Returns a number in [0, 1) drawn from (seed, fault, bridge, direction,
+ * count): the same traffic and seed give the same choices, whatever the
+ * order events interleave in.
+ */
+static double
+fault_draw(const struct tcpproxy *p, const struct fault *f,
+    unsigned long nth, int s, unsigned long long count)
+{
+	unsigned long long x = mix64(p->fault_seed ^ mix64(f->key ^
+	    mix64(nth ^ mix64(((unsigned long long)s << 60) ^ count))));
+
+	return (double)(x >> 11) / 9007199254740992.0;
+}
+
+/* Returns the heap slot's bridge deadline. */
+static long long
+heap_due(const struct tcpproxy *p, size_t i)
+{
+	return p->heap[i]->fx->due;
+}
+
+/* Swaps two heap slots. */
+static void
+heap_swap(struct tcpproxy *p, size_t i, size_t j)
+{
+	struct bridge *t = p->heap[i];
+
+	p->heap[i] = p->heap[j];
+	p->heap[j] = t;
+	p->heap[i]->fx->hidx = i;
+	p->heap[j]->fx->hidx = j;
+}
+
+/* Restores the heap order around slot i. */
+static void
+heap_fix(struct tcpproxy *p, size_t i)
+{
+	while (i > 0 && heap_due(p, (i - 1) / 2) > heap_due(p, i)) {
+		heap_swap(p, i, (i - 1) / 2);
+		i = (i - 1) / 2;
+	}
+	for (;;) {
+		size_t l = 2 * i + 1, m = i;
+
+		if (l < p->nheap && heap_due(p, l) < heap_due(p, m))
+			m = l;
+		if (l + 1 < p->nheap && heap_due(p, l + 1) < heap_due(p, m))
+			m = l + 1;
+		if (m == i)
+			return;
+		heap_swap(p, i, m);
+		i = m;
+	}
+}
+
+/* Takes b's deadline off the heap. */
+static void
+heap_del(struct tcpproxy *p, struct bridge *b)
+{
+	size_t i = b->fx->hidx;
+
+	if (i == NO_SLOT)
+		return;
+	b->fx->hidx = NO_SLOT;
+	if (--p->nheap == i)
+		return;
+	p->heap[i] = p->heap[p->nheap];
+	p->heap[i]->fx->hidx = i;
+	heap_fix(p, i);
+}
+
+/* Puts b on the heap at deadline when (LLONG_MAX: none); 0 or -1. */
+static int
+heap_set(struct tcpproxy *p, struct bridge *b, long long when)
+{
+	struct faults *fx = b->fx;
+
+	if (when == LLONG_MAX) {
+		heap_del(p, b);
+		fx->due = when;
+		return 0;
+	}
+	fx->due = when;
+	if (fx->hidx != NO_SLOT) {
+		heap_fix(p, fx->hidx);
+		return 0;
+	}
+	if (p->nheap == p->heapcap) {
+		size_t cap = p->heapcap ? 2 * p->heapcap : 64;
+		struct bridge **h = realloc(p->heap, cap * sizeof(*h));
+
+		if (h == NULL)
+			return -1;
+		p->heap = h;
+		p->heapcap = cap;
+	}
+	p->heap[p->nheap] = b;
+	fx->hidx = p->nheap++;
+	heap_fix(p, fx->hidx);
+	return 0;
+}
+
+/* Drops a reference to a fault record, freeing it with the last. */
+static void
+fault_put(struct fault *f)
+{
+	if (f != NULL && --f->refs == 0)
+		free(f);
+}
+
+/* The word for a direction of flow[s] in logs. */
+static const char *
+dir_name(int s)
+{
+	return s == CLIENT ? "up" : "down";
+}
+
+/* Logs that fault k of b acts on flow[s] at that byte offset. */
+static void
+fault_log(struct tcpproxy *p, struct bridge *b, struct bfault *bf, int s,
+    unsigned long long offset)
+{
+	bf->f->fired++;
+	say(p, TCPPROXY_LOG_INFO, "fault id=%lu name=%s action=%s dir=%s "
+	    "offset=%llu%s", b->id, bf->f->name, fault_actions[bf->f->action],
+	    s < 0 ? "both" : dir_name(s), offset, b->svc->tag);
+}
+
+/* Logs fault bf's first act on flow[s] of b: a per-chunk fault's line. */
+static void
+fault_first(struct tcpproxy *p, struct bridge *b, struct bfault *bf, int s,
+    unsigned long long offset)
+{
+	if (bf->acted & (1u << s))
+		return;
+	bf->acted |= (unsigned char)(1u << s);
+	fault_log(p, b, bf, s, offset);
+}
+
+/*
+ * Returns when fault bf of b starts acting on flow[s] (LLONG_MAX: not
+ * yet, since it waits for bytes), or LLONG_MIN when it never will (off,
+ * deleted, or its for= time is over).
+ */
+static long long
+fault_start(const struct tcpproxy *p, const struct bridge *b,
+    const struct bfault *bf, int s)
+{
+	const struct fault *f = bf->f;
+	long long t;
+
+	if (!bf->on || f->dead || (s >= 0 && !(f->dirs & (1u << s))))
+		return LLONG_MIN;
+	if (f->after_time)
+		t = b->start_ms + (long long)f->after;
+	else if (f->after == 0)
+		t = b->start_ms;
+	else if (s >= 0 && b->fx->queued[s] >= f->after)
+		t = bf->started[s] != 0 ? bf->started[s] : p->now;
+	else
+		return LLONG_MAX;
+	if (f->for_ms > 0 && p->now >= t + f->for_ms)
+		return LLONG_MIN;
+	return t;
+}
+
+/* Returns whether fault bf acts on flow[s] of b now. */
+static int
+fault_on(struct tcpproxy *p, struct bridge *b, struct bfault *bf, int s)
+{
+	long long t = fault_start(p, b, bf, s);
+
+	if (t == LLONG_MIN || t == LLONG_MAX || t > p->now)
+		return 0;
+	if (s >= 0 && bf->started[s] == 0)
+		bf->started[s] = t;
+	return 1;
+}
+
+/*
+ * Gives b a fault state with the faults of its service that apply to it:
+ * p and conn= are decided here, once.  Returns 0, or -1 out of memory.
+ */
+static int
+fault_attach(struct tcpproxy *p, struct bridge *b, struct fault *f)
+{
+	struct faults *fx = b->fx;
+	struct bfault *bf;
+	int s;
+
+	if (fx == NULL) {
+		if ((fx = calloc(1, sizeof(*fx))) == NULL)
+			return -1;
+		fx->nth = b->svc->st->total;
+		fx->hidx = NO_SLOT;
+		fx->due = LLONG_MAX;
+		for (s = CLIENT; s <= SERVER; s++)
+			fx->queued[s] = b->flow[s].bytes + (b->flow[s].len -
+			    b->flow[s].off);
+		b->fx = fx;
+	}
+	if (fx->n == FAULT_MAX)
+		return 0;	/* documented: the first FAULT_MAX apply */
+	bf = &fx->f[fx->n++];
+	memset(bf, 0, sizeof(*bf));
+	bf->f = f;
+	f->refs++;
+	bf->on = fx->nth >= f->conn_lo && fx->nth <= f->conn_hi &&
+	    (f->p >= 1 || fault_draw(p, f, fx->nth, 0, 0) < f->p);
+	return 0;
+}
+
+/* Frees b's fault state. */
+static void
+fault_detach(struct tcpproxy *p, struct bridge *b)
+{
+	size_t k;
+
+	if (b->fx == NULL)
+		return;
+	heap_del(p, b);
+	for (k = 0; k < b->fx->n; k++)
+		fault_put(b->fx->f[k].f);
+	free(b->fx);
+	b->fx = NULL;
+}
+
+/* Gives a freshly admitted bridge the faults of its service. */
+static void
+faults_admit(struct tcpproxy *p, struct bridge *b)
+{
+	struct fault *f;
+
+	for (f = b->svc->faults; f != NULL; f = f->next)
+		if (fault_attach(p, b, f) == -1) {
+			say(p, TCPPROXY_LOG_ERROR, "fault id=%lu: out of memory",
+			    b->id);
+			return;
+		}
+}
+
+/*
+ * The room stage: how much flow[s] may read now, at most room.  A stall
+ * reads nothing, close= and halfclose= read no more than they deliver, a
+ * rate fault meters reads, held chunks fill the marks.
+ */
+static size_t
+fault_room(struct tcpproxy *p, struct bridge *b, int s, size_t room)
+{
+	struct faults *fx = b->fx;
+	size_t k;
+
+	if (fx->mlen[s] == FAULT_MARKS || fx->eof_at[s] != 0)
+		return 0;
+	for (k = 0; k < fx->n && room > 0; k++) {
+		struct bfault *bf = &fx->f[k];
+		const struct fault *f = bf->f;
+
+		if (f->action == F_CLOSE || f->action == F_HALFCLOSE) {
+			/* The cap counts from the start, whenever it began. */
+			if (fault_start(p, b, bf, s) == LLONG_MIN)
+				continue;
+			if (fx->queued[s] >= f->n)
+				room = 0;
+			else if (room > f->n - fx->queued[s])
+				room = (size_t)(f->n - fx->queued[s]);
+			continue;
+		}
+		if (!fault_on(p, b, bf, s))
+			continue;
+		if (f->action == F_STALL) {
+			fault_first(p, b, bf, s, fx->queued[s]);
+			room = 0;
+		} else if (f->action == F_RATE) {
+			double burst = (double)f->n / 20;
+
+			if (burst > (double)b->svc->bufsize)
+				burst = (double)b->svc->bufsize;
+			if (bf->stamp[s] == 0) {
+				bf->stamp[s] = p->now;
+				bf->tokens[s] = burst < 1 ? 1 : burst;
+			}
+			fault_first(p, b, bf, s, fx->queued[s]);
+			room = bucket_allow(p, b, s, &bf->tokens[s],
+			    &bf->stamp[s], (double)f->n, burst < 1 ? 1 : burst,
+			    room);
+		}
+	}
+	return room;
+}
+
+/* Returns whether flow[s] of b may be read at all now (for want()). */
+static int
+fault_readable(struct tcpproxy *p, struct bridge *b, int s)
+{
+	return fault_room(p, b, s, 1) > 0 || b->flow[s].resume != 0;
+}
+
+/* Flips bits of a chunk as corrupt faults say; at is its stream offset. */
+static void
+fault_corrupt(struct tcpproxy *p, struct bridge *b, struct bfault *bf,
+    int s, char *data, size_t len, unsigned long long at)
+{
+	const struct fault *f = bf->f;
+	size_t i;
+
+	if (f->prob <= 0) {
+		if (f->n < at || f->n >= at + len || (bf->acted & (1u << s)))
+			return;
+		data[f->n - at] ^= 0x01;
+		bf->acted |= (unsigned char)(1u << s);
+		fault_log(p, b, bf, s, f->n);
+		return;
+	}
+	for (i = 0; i < len; i++)
+		if (fault_draw(p, bf->f, b->fx->nth, s, at + i) < f->prob) {
+			data[i] ^= (char)(1u << (unsigned)(fault_draw(p, bf->f,
+			    b->fx->nth, s + 2, at + i) * 8));
+			fault_log(p, b, bf, s, at + i);
+		}
+}
+
+/*
+ * The chunk stage: what the len bytes just read from s at data become
+ * (dropped, corrupted), and when they may go (delayed).  Returns their
+ * new length.
+ */
+static size_t
+fault_chunk(struct tcpproxy *p, struct bridge *b, int s, char *data,
+    size_t len)
+{
+	struct faults *fx = b->fx;
+	unsigned long long at = fx->queued[s];
+	long long release = 0;
+	size_t k;
+
+	for (k = 0; k < fx->n && len > 0; k++) {
+		struct bfault *bf = &fx->f[k];
+		const struct fault *f = bf->f;
+		long long d;
+
+		if (f->action == F_RATE && bf->stamp[s] != 0)
+			bf->tokens[s] -= (double)len;
+		if (!fault_on(p, b, bf, s))
+			continue;
+		switch (f->action) {
+		case F_DROP:
+			fault_first(p, b, bf, s, at);
+			len = 0;
+			break;
+		case F_CORRUPT:
+			fault_corrupt(p, b, bf, s, data, len, at);
+			break;
+		case F_TTFB:
+			if (fx->chunks[s] > 0)
+				break;
+			/* FALLTHROUGH */
+		case F_DELAY:
+			d = f->t_ms;
+			if (f->jitter_ms > 0)
+				d += (long long)(fault_draw(p, bf->f, fx->nth, s,
+				    fx->chunks[s]) * (double)(2 * f->jitter_ms +
+				    1)) - f->jitter_ms;
+			if (d < 0)
+				d = 0;
+			if (p->now + d > release)
+				release = p->now + d;
+			fault_first(p, b, bf, s, at);
+			break;
+		default:
+			break;
+		}
+	}
+	fx->chunks[s]++;
+	fx->queued[s] += len;
+	if (release == 0 && fx->mlen[s] == 0) {
+		fx->released[s] = fx->queued[s];
+	} else if (len > 0) {
+		/* Order kept: a chunk never goes before an earlier one. */
+		size_t m = (fx->mhead[s] + fx->mlen[s]) % FAULT_MARKS;
+
+		if (fx->mlen[s] > 0) {
+			size_t last = (m + FAULT_MARKS - 1) % FAULT_MARKS;
+
+			if (fx->marks[s][last].at > release)
+				release = fx->marks[s][last].at;
+		}
+		fx->marks[s][m].end = fx->queued[s];
+		fx->marks[s][m].at = release;
+		fx->mlen[s]++;
+	}
+	return len;
+}
+
+/*
+ * The release stage: how many of the n queued bytes of flow[s] may be
+ * written now: none of a chunk still held by a delay, at most a slice,
+ * none before a slice's gap is over.
+ */
+static size_t
+fault_writable(struct tcpproxy *p, struct bridge *b, int s, size_t n)
+{
+	struct faults *fx = b->fx;
+	unsigned long long held;
+	size_t k;
+
+	while (fx->mlen[s] > 0 && fx->marks[s][fx->mhead[s]].at <= p->now) {
+		fx->released[s] = fx->marks[s][fx->mhead[s]].end;
+		fx->mhead[s] = (fx->mhead[s] + 1) % FAULT_MARKS;
+		fx->mlen[s]--;
+	}
+	/* What came after the last chunk that is due is held. */
+	held = fx->queued[s] - fx->released[s];
+	n = held >= n ? 0 : n - (size_t)held;
+	for (k = 0; k < fx->n && n > 0; k++) {
+		struct bfault *bf = &fx->f[k];
+
+		if (bf->f->action != F_SLICE || !fault_on(p, b, bf, s))
+			continue;
+		if (bf->next_at[s] > p->now)
+			return 0;
+		if (n > bf->f->n)
+			n = (size_t)bf->f->n;
+		fault_first(p, b, bf, s, b->flow[s].bytes);
+	}
+	return n;
+}
+
+/* Notes that n bytes of flow[s] were written: a slice's gap begins. */
+static void
+fault_sent(struct tcpproxy *p, struct bridge *b, int s, size_t n)
+{
+	struct faults *fx = b->fx;
+	size_t k;
+
+	for (k = 0; k < fx->n && n > 0; k++) {
+		struct bfault *bf = &fx->f[k];
+
+		if (bf->f->action == F_SLICE && bf->f->gap_ms > 0 &&
+		    fault_on(p, b, bf, s))
+			bf->next_at[s] = p->now + bf->f->gap_ms;
+	}
+}
+
+/*
+ * The end stage, for an EOF read from s: a slowclose fault holds it back
+ * for its time.  Returns 1 if it did (the EOF is acted on later).
+ */
+static int
+fault_eof(struct tcpproxy *p, struct bridge *b, int s)
+{
+	struct faults *fx = b->fx;
+	size_t k;
+
+	for (k = 0; k < fx->n; k++) {
+		struct bfault *bf = &fx->f[k];
+
+		if (bf->f->action != F_SLOWCLOSE || !fault_on(p, b, bf, s))
+			continue;
+		fx->eof_at[s] = p->now + bf->f->t_ms;
+		if (fx->eof_at[s] == 0)
+			fx->eof_at[s] = 1;
+		fault_log(p, b, bf, s, fx->queued[s]);
+		return 1;
+	}
+	return 0;
+}
+
+/* Returns how long b waits before it connects (connect-delay), in ms. */
+static long long
+fault_connect_delay(struct tcpproxy *p, struct bridge *b)
+{
+	struct faults *fx = b->fx;
+	size_t k;
+
+	for (k = 0; k < fx->n; k++) {
+		struct bfault *bf = &fx->f[k];
+
+		if (bf->f->action == F_CONNECT_DELAY && bf->f->t_ms > 0 &&
+		    fault_start(p, b, bf, -1) != LLONG_MIN) {
+			fault_log(p, b, bf, -1, 0);
+			return bf->f->t_ms;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Returns when a one-shot fault bf (reset, timeout) of b acts: its time
+ * after its start, which is accept, after= later, or when after= bytes
+ * went one way of its directions.  LLONG_MAX: not (yet) known.
+ */
+static long long
+fault_when(const struct tcpproxy *p, const struct bridge *b,
+    const struct bfault *bf)
+{
+	long long t, best = LLONG_MAX;
+	int s;
+
+	for (s = CLIENT; s <= SERVER; s++) {
+		t = fault_start(p, b, bf, s);
+		if (t != LLONG_MIN && t != LLONG_MAX && t < best)
+			best = t;
+	}
+	return best == LLONG_MAX ? best : best + bf->f->t_ms;
+}
+
+/* Ends b at once, for a fault; with reset, its peers read ECONNRESET. */
+static void
+fault_abort(struct bridge *b, int reset)
+{
+	int s;
+
+	bridge_end(b, TCPPROXY_REASON_FAULT, 0);
+	for (s = CLIENT; s <= SERVER; s++) {
+		if (reset && b->fd[s] >= 0) {
+			struct linger lg;
+
+			lg.l_onoff = 1;
+			lg.l_linger = 0;
+			(void)setsockopt(b->fd[s], SOL_SOCKET, SO_LINGER, &lg,
+			    sizeof(lg));
+		}
+		b->rd[s] = b->wr[s] = 0;
+	}
+}
+
+/*
+ * Acts on b's faults whose moment has come: close= and halfclose= once
+ * their bytes are delivered, reset and timeout at their time.  Called
+ * from bridge_settle before the close rules.
+ */
+static void
+fault_settle(struct tcpproxy *p, struct bridge *b)
+{
+	struct faults *fx = b->fx;
+	size_t k;
+	int s;
+
+	for (k = 0; k < fx->n; k++) {
+		struct bfault *bf = &fx->f[k];
+		const struct fault *f = bf->f;
+
+		if (bf->done || !bf->on || f->dead)
+			continue;
+		switch (f->action) {
+		case F_CLOSE:
+		case F_HALFCLOSE:
+			for (s = CLIENT; s <= SERVER && !bf->done; s++) {
+				if (fault_start(p, b, bf, s) == LLONG_MIN ||
+				    b->flow[s].bytes < f->n ||
+				    (fx->queued[s] < f->n && b->rd[s]))
+					continue;
+				/* Exactly n went (or all there was). */
+				bf->done = 1;
+				fault_log(p, b, bf, s, b->flow[s].bytes);
+				if (f->action == F_CLOSE) {
+					fault_abort(b, 0);
+					continue;
+				}
+				if (b->wr[!s] && b->fd[!s] >= 0)
+					(void)shutdown(b->fd[!s], SHUT_WR);
+				b->wr[!s] = 0;
+				b->rd[s] = 0;
+				buf_give(b->svc, &b->flow[s]);
+			}
+			break;
+		case F_RESET:
+		case F_TIMEOUT:
+			if (fault_when(p, b, bf) > p->now)
+				break;
+			bf->done = 1;
+			fault_log(p, b, bf, -1, b->flow[CLIENT].bytes +
+			    b->flow[SERVER].bytes);
+			fault_abort(b, f->action == F_RESET);
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+/* Puts b's next fault deadline on the heap. */
+static void
+fault_arm(struct tcpproxy *p, struct bridge *b)
+{
+	struct faults *fx = b->fx;
+	long long when = LLONG_MAX, t;
+	size_t k;
+	int s;
+
+	if (fx->connect_at != 0)
+		when = fx->connect_at;
+	for (s = CLIENT; s <= SERVER; s++) {
+		if (fx->mlen[s] > 0 && fx->marks[s][fx->mhead[s]].at < when)
+			when = fx->marks[s][fx->mhead[s]].at;
+		if (fx->eof_at[s] != 0 && fx->eof_at[s] < when)
+			when = fx->eof_at[s];
+	}
+	for (k = 0; k < fx->n; k++) {
+		struct bfault *bf = &fx->f[k];
+		const struct fault *f = bf->f;
+
+		if (!bf->on || f->dead || bf->done)
+			continue;
+		if (f->action == F_RESET || f->action == F_TIMEOUT) {
+			if ((t = fault_when(p, b, bf)) < when)
+				when = t;
+			continue;
+		}
+		for (s = CLIENT; s <= SERVER; s++) {
+			t = fault_start(p, b, bf, s);
+			if (t == LLONG_MIN || t == LLONG_MAX)
+				continue;
+			/* When it begins, and when for= lifts it, the
+			 * interest of the bridge changes. */
+			if (t > p->now && t < when)
+				when = t;
+			if (f->for_ms > 0 && t + f->for_ms < when)
+				when = t + f->for_ms;
+			if (f->action == F_SLICE && bf->next_at[s] > p->now &&
+			    bf->next_at[s] < when)
+				when = bf->next_at[s];
+		}
+	}
+	if (heap_set(p, b, when) == -1)
+		say(p, TCPPROXY_LOG_ERROR, "fault id=%lu: out of memory", b->id);
+}
+
+/* A deadline of b's faults came: release, connect, pass the EOF on. */
+static void
+fault_tick(struct tcpproxy *p, struct bridge *b)
+{
+	struct faults *fx = b->fx;
+	int s;
+
+	if (fx->connect_at != 0 && fx->connect_at <= p->now) {
+		fx->connect_at = 0;
+		if (server_connect(p, b, 0) == -1) {
+			bridge_close(p, b);
+			return;
+		}
+	}
+	for (s = CLIENT; s <= SERVER; s++) {
+		if (fx->eof_at[s] != 0 && fx->eof_at[s] <= p->now) {
+			fx->eof_at[s] = 0;
+			side_eof(p, b, s);
+		}
+		flow_drain(p, b, s);
+	}
+	(void)bridge_settle(p, b);
+}
+
+/* Runs the fault deadlines that are due, earliest first. */
+static void
+faults_expire(struct tcpproxy *p)
+{
+	while (p->nheap > 0 && p->heap[0]->fx->due <= p->now) {
+		struct bridge *b = p->heap[0];
+
+		heap_del(p, b);
+		b->fx->due = LLONG_MAX;
+		fault_tick(p, b);
+	}
 }
 
 /* ---- the loop ---- */
@@ -3412,6 +4548,8 @@ next_timeout(const struct tcpproxy *p, int limit)
 			if (b->flow[s].resume != 0)
 				when = earlier(when, b->flow[s].resume);
 	}
+	if (p->nheap > 0)
+		when = earlier(when, p->heap[0]->fx->due);
 	if (p->stopping && !p->draining)
 		when = earlier(when, p->grace_end);
 	if (p->accepting == ACCEPT_NOFD)
@@ -3648,6 +4786,7 @@ tcpproxy_step(struct tcpproxy *p, int timeout_ms)
 	if (n > 0)
 		checks_handle(p);
 	timers_expire(p);
+	faults_expire(p);
 	/* Bridges waiting for a descriptor go before new clients. */
 	if (p->fd_freed)
 		fdwait_connect(p);
@@ -3851,6 +4990,13 @@ service_free(struct service *svc)
 	for (i = 0; i < svc->nroutes; i++)
 		free(svc->routes[i]);
 	free(svc->routes);
+	while (svc->faults != NULL) {
+		struct fault *f = svc->faults;
+
+		svc->faults = f->next;
+		f->dead = 1;
+		fault_put(f);
+	}
 	for (i = 0; i < svc->nspare; i++)
 		free(svc->spare[i]);
 	free(svc->spare);
@@ -4013,6 +5159,7 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
     char *err, size_t errlen)
 {
 	struct service *svc;
+	struct fault *f0;
 	char w[1024], name[256], msg[256];
 	size_t i, n;
 	int bad = 0;
@@ -4122,6 +5269,27 @@ service_build(const struct tcpproxy *p, const struct tcpproxy_service *spec,
 		}
 		svc->source = a[0];
 		free(a);
+	}
+	for (i = spec->nfaults; i-- > 0;) {
+		struct fault *f = calloc(1, sizeof(*f));
+
+		if (f == NULL)
+			goto nomem;
+		if (fault_parse(spec->faults[i], f, msg, sizeof(msg)) == -1) {
+			free(f);
+			fail(err, errlen, EINVAL, "%s%s", w, msg);
+			service_free(svc);
+			return NULL;
+		}
+		f->refs = 1;
+		f->next = svc->faults;
+		svc->faults = f;
+	}
+	if ((f0 = faults_name(svc->faults)) != NULL) {
+		fail(err, errlen, EINVAL, "%sfault name '%s' is used twice", w,
+		    f0->name);
+		service_free(svc);
+		return NULL;
 	}
 	/* Its own backends, then one per route. */
 	svc->nown = spec->nbackends;
@@ -4680,6 +5848,18 @@ listeners_announce(struct tcpproxy *p)
 		}
 }
 
+/* Returns whether a live service of p has a fault. */
+static int
+engine_faulty(const struct tcpproxy *p)
+{
+	const struct service *svc;
+
+	for (svc = p->services; svc != NULL && !svc->retired; svc = svc->next)
+		if (svc->faults != NULL)
+			return 1;
+	return 0;
+}
+
 /* Checks the engine-wide settings of cfg; returns 0 or -1. */
 static int
 engine_check(const struct tcpproxy_config *cfg, char *err, size_t errlen)
@@ -4708,6 +5888,9 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	p->slice_period = 1;
 	p->now = now_ms();
 	p->seed = (unsigned int)getpid() ^ (unsigned int)p->now;
+	p->fault_seed = cfg->seed_set ? cfg->seed :
+	    mix64((unsigned long long)getpid() << 32 ^ (unsigned long long)
+	    now_us()) >> 16;
 	p->wake[0] = p->wake[1] = -1;
 	if (wake_open(p) == -1 || table_grow(p) == -1) {
 		fail(err, errlen, errno, "cannot start: %s", strerror(errno));
@@ -4717,6 +5900,10 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	if (engine_switch(p, cfg, err, errlen) == -1)
 		goto bad;
 	listeners_announce(p);
+	if (cfg->control != NULL || engine_faulty(p))
+		say(p, TCPPROXY_LOG_ERROR, "seed %llu%s", p->fault_seed,
+		    cfg->seed_set ? "" : " (chosen at random: --seed repeats "
+		    "it)");
 	return p;
 bad:
 	saved = errno;
@@ -5044,7 +6231,9 @@ enum {
 	K_TRUST,		/* appended to a rule's proxy_from */
 	K_ROUTE,		/* PATTERN=ENDPOINT, appended to routes */
 	K_MODE,			/* unsigned int, in octal */
-	K_KEEPALIVE		/* a flag with an optional value: [=SECS] */
+	K_KEEPALIVE,		/* a flag with an optional value: [=SECS] */
+	K_FAULT,		/* a fault spec, appended to faults */
+	K_SEED			/* unsigned long long in digits, and seed_set */
 };
 enum { S_RULE, S_PROC, S_CMD };	/* per rule, per process, command line */
 
@@ -5070,11 +6259,13 @@ static const struct opt opts[] = {
 	{ "check-config", 0, K_FLAG, S_CMD, CFG(program.check_config), 0 },
 	{ "config", 'f', K_STR, S_CMD, CFG(program.config_file), 0 },
 	{ "connect-timeout", 't', K_SECS, S_RULE, SVC(connect_timeout), 0 },
+	{ "control", 0, K_STR, S_PROC, CFG(control), 0 },
 	{ "deny", 'd', K_DENY, S_RULE, 0, 0 },
 	{ "down-time", 0, K_SECS, S_RULE, SVC(down_time), 0 },
 	{ "dump-dir", 0, K_STR, S_PROC, CFG(program.dump_dir), 0 },
 	{ "dump-file", 0, K_STR, S_PROC, CFG(program.dump_file), 0 },
 	{ "fails", 0, K_COUNT, S_RULE, SVC(fails), 1000000 },
+	{ "fault", 0, K_FAULT, S_RULE, 0, 0 },
 	{ "grace", 0, K_SECS, S_PROC, CFG(grace), 0 },
 	{ "half-close", 'H', K_FLAG, S_RULE, SVC(half_close), 0 },
 	{ "health-check", 0, K_SECS, S_RULE, SVC(health_check), 0 },
@@ -5094,6 +6285,7 @@ static const struct opt opts[] = {
 	{ "queue-timeout", 0, K_SECS, S_RULE, SVC(queue_timeout), 0 },
 	{ "quiet", 'q', K_QUIET, S_PROC, CFG(verbosity), 0 },
 	{ "rate", 0, K_ULL, S_RULE, SVC(rate), ULLONG_MAX / 2 },
+	{ "seed", 0, K_SEED, S_PROC, CFG(seed), 0 },
 	{ "send-proxy", 0, K_PROXYVER, S_RULE, SVC(send_proxy), 0 },
 	{ "sni", 0, K_ROUTE, S_RULE, 0, 0 },
 	{ "socket-mode", 0, K_MODE, S_RULE, SVC(socket_mode), 07777 },
@@ -5382,6 +6574,28 @@ opt_apply(struct parse *ps, const struct opt *o, const char *val,
 		return 0;
 	case K_ROUTE:
 		return route_parse(ps, val, svc);
+	case K_FAULT: {
+		struct fault f;
+		char msg[160];
+
+		if (fault_parse(val, &f, msg, sizeof(msg)) == -1)
+			return parse_error(ps, "invalid --fault '%s': %s", val,
+			    msg);
+		return parse_append(ps, svc->faults, &svc->nfaults,
+		    sizeof(char *), &val, (const void **)(void *)&svc->faults);
+	}
+	case K_SEED: {
+		char *end;
+
+		errno = 0;
+		if (*val < '0' || *val > '9' ||
+		    (ps->cfg->seed = strtoull(val, &end, 10), *end != '\0') ||
+		    errno != 0)
+			return parse_error(ps, "invalid --seed '%s': not a "
+			    "number", val);
+		ps->cfg->seed_set = 1;
+		return 0;
+	}
 	case K_MODE: {
 		char *end;
 		unsigned long mode;

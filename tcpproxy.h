@@ -66,8 +66,9 @@ enum tcpproxy_reason {
 	TCPPROXY_REASON_SHUTDOWN,	/* "shutdown": grace period ran out */
 	TCPPROXY_REASON_NO_MEMORY,	/* "no-memory" */
 	TCPPROXY_REASON_MAX_BYTES,	/* "max-bytes": upstream limit reached */
-	TCPPROXY_REASON_QUEUE_TIMEOUT	/* "queue-timeout": waited too long
+	TCPPROXY_REASON_QUEUE_TIMEOUT,	/* "queue-timeout": waited too long
 					   for a place under max_clients */
+	TCPPROXY_REASON_FAULT		/* "fault": a fault ended it */
 };
 
 /*
@@ -245,6 +246,9 @@ struct tcpproxy_service {
 	 * idle (where the platform lets it be set). */
 	int keepalive;
 	double keepalive_idle;
+	/* Faults to inject (--fault specs: "delay=100ms,dir=down", ...). */
+	const char *const *faults;
+	size_t nfaults;
 	const char *where;		/* "FILE:LINE" for messages, or NULL */
 	/* Seconds a client held by max_clients may wait for its turn before
 	 * it is closed (reason queue-timeout); 0: no limit (it waits in the
@@ -313,6 +317,16 @@ struct tcpproxy_config {
 	void (*log)(void *log_user, int level, const char *line);
 	void *log_user;
 	const struct tcpproxy_hooks *hooks;	/* NULL: none */
+	/* Every random choice of the faults comes from a generator of the
+	 * proxy's own seeded with seed (seed_set), or at random (logged). */
+	unsigned long long seed;
+	int seed_set;
+	/* A Unix socket (mode 0600) that takes commands (see README); NULL:
+	 * none.  on_reload, if set, is how its "reload" reaches the program
+	 * (0 or -1 with a message in err). */
+	const char *control;
+	int (*on_reload)(void *user, char *err, size_t errlen);
+	void *reload_user;
 	struct tcpproxy_program program;
 	void *owned;			/* what tcpproxy_config_parse() made */
 };
