@@ -351,3 +351,201 @@ restart_backend() {
 	WAIT_INTERVAL=$FAST_POLL_INTERVAL wait_for 10 is_gone "$pid"
 	start_backend -p "$port" "$@"
 }
+
+# ---- networks (issue 10) ----
+
+# need_cmd CMD...: skips the test unless every CMD is on PATH (.ci/run
+# installs them from Debian's packages).
+need_cmd() {
+	local c
+	for c in "$@"; do
+		command -v "$c" >/dev/null 2>&1 ||
+		    skip "needs $c (not installed)"
+	done
+}
+
+# is_listening PORT [NETNS]: something listens on TCP PORT (in the
+# network namespace NETNS), by ss: a readiness check that makes no
+# connection of its own, so no server logs one.
+is_listening() {
+	local in=
+	[ -z "${2:-}" ] || in="ip netns exec $2"
+	$in ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
+}
+
+# hex_bytes HEX...: writes the bytes spelled in hex (spaces ignored),
+# NULs included.
+hex_bytes() {
+	local h out= i
+	h=$(printf '%s' "$*" | tr -d ' \n')
+	for ((i = 0; i < ${#h}; i += 2)); do
+		out+="\\x${h:i:2}"
+	done
+	printf "$out"
+}
+
+# is_listening_unix PATH: something listens on the Unix socket PATH.
+is_listening_unix() {
+	ss -Hlx 2>/dev/null | awk -v p="$1" '$5 == p { f = 1 } END { exit !f }'
+}
+
+# start_server NAME GEN: starts a server that cannot be given port 0
+# (haproxy, nginx, openssl s_server, python3 -m http.server).  GEN, a
+# function, picks its ports with free_port, writes any config they go
+# in, and sets SERVER_CMD (an array: the command line), SERVER_PORTS
+# (the TCP ports it must listen on) and SERVER_SOCKETS (Unix socket
+# paths, likewise).  The server runs like spawn's (NAME.out, NAME.err;
+# in the network namespace NETNS if set); start_server waits until it
+# listens on all of them and sets SERVER_PID.  A free port may be taken
+# (as the local port of someone's outgoing connection) before the server
+# binds it, so a server that exits first is started again with new
+# ports, 5 times at most.
+start_server() {
+	local name=$1 gen=$2 try
+	for try in 1 2 3 4 5; do
+		SERVER_PORTS=() SERVER_SOCKETS=()
+		"$gen"
+		spawn single "$name" ${NETNS:+ip netns exec $NETNS} \
+		    "${SERVER_CMD[@]}"
+		SERVER_PID=$SPAWNED
+		wait_for 10 server_up || break
+		is_gone "$SERVER_PID" || return 0
+		echo "start_server: $name exited (try $try):" >&2
+		tail -n 3 "$T/$name.err" >&2
+	done
+	echo "start_server: $name did not start:" >&2
+	cat "$T/$name.err" >&2
+	return 1
+}
+
+# server_up: SERVER_PID has exited, or it listens on all of
+# SERVER_PORTS and SERVER_SOCKETS.
+server_up() {
+	local port path
+	is_gone "$SERVER_PID" && return 0
+	for port in ${SERVER_PORTS[@]+"${SERVER_PORTS[@]}"}; do
+		is_listening "$port" ${NETNS:-} || return 1
+	done
+	for path in ${SERVER_SOCKETS[@]+"${SERVER_SOCKETS[@]}"}; do
+		is_listening_unix "$path" || return 1
+	done
+}
+
+# start_haproxy GEN [NAME]: haproxy -db -f $T/NAME.cfg (NAME: haproxy),
+# which GEN writes at HAPROXY_CFG (and sets SERVER_PORTS), by
+# start_server.  Its stdout, the log when the config says "log stdout",
+# is HAPROXY_OUT ($T/NAME.out).
+start_haproxy() {
+	local name=${2:-haproxy}
+	HAPROXY_GEN=$1
+	HAPROXY_CFG=$T/$name.cfg
+	start_server "$name" haproxy_gen
+	HAPROXY_OUT=$T/$name.out
+}
+
+haproxy_gen() {
+	"$HAPROXY_GEN"
+	SERVER_CMD=(haproxy -db -f "$HAPROXY_CFG")
+}
+
+# haproxy_head [MODE]: starts HAPROXY_CFG with a log to stdout and the
+# timeouts every config here uses (and MODE, if given, for all
+# proxies); the caller appends its frontends.
+haproxy_head() {
+	cat >"$HAPROXY_CFG" <<EOF
+global
+	log stdout format raw local0
+defaults
+	log global
+	${1:+mode $1}
+	timeout connect 5s
+	timeout client 10s
+	timeout server 10s
+EOF
+}
+
+# NGINX_STREAM: the dynamic module of Debian's nginx for stream {}.
+NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+
+# start_nginx GEN: nginx in the foreground with prefix $T/ngx and config
+# $T/ngx/nginx.conf, which GEN writes (nginx_conf starts it) and sets
+# SERVER_PORTS or SERVER_SOCKETS, by start_server.  Its error log is
+# $T/ngx/error.log.
+start_nginx() {
+	NGINX_GEN=$1
+	start_server nginx nginx_gen
+}
+
+nginx_gen() {
+	"$NGINX_GEN"
+	SERVER_CMD=(nginx -e "$T/ngx/error.log" -p "$T/ngx"
+	    -c "$T/ngx/nginx.conf" -g "daemon off; pid $T/ngx/nginx.pid;")
+}
+
+# nginx_conf: starts $T/ngx/nginx.conf with what every config here
+# needs (the stream module, the error log under $T/ngx); the caller
+# appends its stream {} or http {} block.
+nginx_conf() {
+	mkdir -p "$T/ngx"
+	cat >"$T/ngx/nginx.conf" <<NGX
+load_module $NGINX_STREAM;
+error_log $T/ngx/error.log;
+events { worker_connections 64; }
+NGX
+}
+
+# need_nginx_stream: skips unless nginx and its stream module are here.
+need_nginx_stream() {
+	need_cmd nginx
+	[ -e "$NGINX_STREAM" ] ||
+	    skip "needs nginx's stream module (libnginx-mod-stream)"
+}
+
+# start_recorder: a backend for one connection (socat) that writes every
+# byte it gets to REC_FILE; sets REC_PORT and REC_LOG (socat's -d -d
+# log, which says "accepting connection" when one came).
+RECORDERS=0
+start_recorder() {
+	need_cmd socat
+	RECORDERS=$((RECORDERS + 1))
+	REC_FILE=$T/rec$RECORDERS.bin
+	spawn single "rec$RECORDERS" socat -d -d -u \
+	    TCP-LISTEN:0,bind=127.0.0.1 "CREATE:$REC_FILE"
+	REC_LOG=$T/rec$RECORDERS.err
+	REC_PORT=$(ready_port "$REC_LOG")
+	[ -n "$REC_PORT" ]
+}
+
+# received HEX...: waits up to 10 s for REC_FILE to hold exactly these
+# bytes; shows both (od -c) when it does not.
+received() {
+	hex_bytes "$@" >"$T/want.bin"
+	wait_for 10 cmp -s "$T/want.bin" "$REC_FILE" || {
+		echo "wanted:"
+		od -An -c "$T/want.bin"
+		echo "got:"
+		od -An -c "$REC_FILE" 2>&1
+		return 1
+	}
+}
+
+# got_nothing: the recorder was never connected to and has no byte.
+got_nothing() {
+	no_line "$REC_LOG" 'accepting connection'
+	[ ! -s "$REC_FILE" ]
+}
+
+# start_unix_proxy PATH ARGS...: tcpproxy ARGS, whose listener is the
+# Unix socket PATH; waits for its ready line "listening on PATH".
+start_unix_proxy() {
+	local path=$1
+	shift
+	PROXIES=$((PROXIES + 1))
+	spawn single "proxy$PROXIES" "$TCPPROXY" "$@"
+	PROXY_PID=$SPAWNED
+	PROXY_LOG=$T/proxy$PROXIES.err
+	wait_for 10 has_line "$PROXY_LOG" "^tcpproxy: listening on (unix:)?$path\$" || {
+		cat "$PROXY_LOG"
+		return 1
+	}
+}
