@@ -4901,6 +4901,15 @@ tcpproxy_bound_port(const struct tcpproxy *p)
 	    &p->lis[0].a.ss) : -1;
 }
 
+const char *
+tcpproxy_listener_name(const struct tcpproxy *p, size_t i)
+{
+	if (i >= p->nlisten)
+		return NULL;
+	return p->lis[i].a.ss.ss_family == AF_UNIX ?
+	    unix_path(p->lis[i].svc->local_host) : p->lis[i].a.name;
+}
+
 unsigned long
 tcpproxy_bridges(const struct tcpproxy *p)
 {
@@ -5070,10 +5079,13 @@ static const struct opt opts[] = {
 	{ "check-config", 0, K_FLAG, S_CMD, CFG(program.check_config), 0 },
 	{ "config", 'f', K_STR, S_CMD, CFG(program.config_file), 0 },
 	{ "connect-timeout", 't', K_SECS, S_RULE, SVC(connect_timeout), 0 },
+	{ "daemon", 'D', K_FLAG, S_CMD, CFG(program.daemon), 0 },
 	{ "deny", 'd', K_DENY, S_RULE, 0, 0 },
 	{ "down-time", 0, K_SECS, S_RULE, SVC(down_time), 0 },
 	{ "dump-dir", 0, K_STR, S_PROC, CFG(program.dump_dir), 0 },
 	{ "dump-file", 0, K_STR, S_PROC, CFG(program.dump_file), 0 },
+	{ "exit-with-parent", 0, K_FLAG, S_CMD, CFG(program.exit_with_parent),
+	    0 },
 	{ "fails", 0, K_COUNT, S_RULE, SVC(fails), 1000000 },
 	{ "grace", 0, K_SECS, S_PROC, CFG(grace), 0 },
 	{ "half-close", 'H', K_FLAG, S_RULE, SVC(half_close), 0 },
@@ -5082,6 +5094,8 @@ static const struct opt opts[] = {
 	{ "hexdump", 'x', K_FLAG, S_PROC, CFG(program.hexdump), 0 },
 	{ "idle-timeout", 'i', K_SECS, S_RULE, SVC(idle_timeout), 0 },
 	{ "keepalive", 0, K_KEEPALIVE, S_RULE, SVC(keepalive_idle), 0 },
+	{ "lifetime", 0, K_SECS, S_CMD, CFG(program.lifetime), 0 },
+	{ "log-file", 0, K_STR, S_CMD, CFG(program.log_output), 0 },
 	{ "log-time", 0, K_FLAG, S_PROC, CFG(program.log_time), 0 },
 	{ "max-bytes", 0, K_ULL, S_RULE, SVC(max_bytes), ULLONG_MAX / 2 },
 	{ "max-clients", 'c', K_COUNT, S_RULE, SVC(max_clients), 1000000000 },
@@ -5089,10 +5103,12 @@ static const struct opt opts[] = {
 	    1000000000 },
 	{ "name", 0, K_STR, S_RULE, SVC(name), 0 },
 	{ "pid-file", 0, K_STR, S_PROC, CFG(program.pid_file), 0 },
+	{ "port-file", 0, K_STR, S_CMD, CFG(program.port_file), 0 },
 	{ "proxy-from", 0, K_TRUST, S_RULE, 0, 0 },
 	{ "proxy-timeout", 0, K_SECS, S_RULE, SVC(proxy_timeout), 0 },
 	{ "queue-timeout", 0, K_SECS, S_RULE, SVC(queue_timeout), 0 },
 	{ "quiet", 'q', K_QUIET, S_PROC, CFG(verbosity), 0 },
+	{ "ready-fd", 0, K_COUNT, S_CMD, CFG(program.ready_fd), 1000000 },
 	{ "rate", 0, K_ULL, S_RULE, SVC(rate), ULLONG_MAX / 2 },
 	{ "send-proxy", 0, K_PROXYVER, S_RULE, SVC(send_proxy), 0 },
 	{ "sni", 0, K_ROUTE, S_RULE, 0, 0 },
@@ -6663,6 +6679,7 @@ struct run {
 	struct cli cli;
 	struct tcpproxy *p;
 	char *pid_file;			/* written by us, removed at exit */
+	char *port_file;		/* the same */
 };
 
 /*
@@ -6703,25 +6720,99 @@ run_reload(struct run *r)
 	return 0;
 }
 
-/* Writes the pid file via a temporary name and a rename; exits 1. */
+/*
+ * Replaces the file at path with text, via a temporary name and a rename,
+ * so that a reader sees the old file or the whole new one; what names the
+ * file in the message.  Exits 1 on failure.
+ */
 static void
-pid_file_write(const char *path)
+file_replace(const char *path, const char *what, const char *text)
 {
 	char tmp[PATH_MAX];
 	FILE *f;
 
 	if (snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid()) >=
 	    (int)sizeof(tmp))
-		die("cannot write pid file '%s': name too long", path);
+		die("cannot write %s '%s': name too long", what, path);
 	if ((f = fopen(tmp, "w")) == NULL)
-		die("cannot write pid file '%s': %s", path, strerror(errno));
-	if (fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0 ||
+		die("cannot write %s '%s': %s", what, path, strerror(errno));
+	if (fputs(text, f) == EOF || fclose(f) != 0 ||
 	    rename(tmp, path) == -1) {
 		int saved = errno;
 
 		(void)unlink(tmp);
-		die("cannot write pid file '%s': %s", path, strerror(saved));
+		die("cannot write %s '%s': %s", what, path, strerror(saved));
 	}
+}
+
+/* Writes the pid file; exits 1 on failure. */
+static void
+pid_file_write(const char *path)
+{
+	char text[32];
+
+	snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+	file_replace(path, "pid file", text);
+}
+
+/*
+ * Returns the ready lines, one "ADDR:PORT" (or socket path) per listener
+ * as its "listening on" line names it, in a string to free; exits 1 when
+ * out of memory.
+ */
+static char *
+ready_text(const struct tcpproxy *p)
+{
+	const char *name;
+	char *text;
+	size_t i, len = 1, at = 0;
+
+	for (i = 0; (name = tcpproxy_listener_name(p, i)) != NULL; i++)
+		len += strlen(name) + 1;
+	if ((text = malloc(len)) == NULL)
+		die("out of memory");
+	for (i = 0; (name = tcpproxy_listener_name(p, i)) != NULL; i++)
+		at += (size_t)sprintf(text + at, "%s\n", name);
+	text[at] = '\0';
+	return text;
+}
+
+/* Writes all of text to fd, across short writes; returns 0 or -1. */
+static int
+write_all(int fd, const char *text, size_t len)
+{
+	ssize_t n;
+
+	while (len > 0) {
+		if ((n = write(fd, text, len)) == -1) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		text += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/*
+ * Tells whoever waits that the proxy is up: the ready lines go to
+ * --ready-fd (then closed, so a reader sees EOF), to --port-file and to
+ * the -D parent.  Exits 1 if one of them cannot be written.
+ */
+static void
+ready_announce(struct run *r)
+{
+	const struct tcpproxy_program *o = &r->cfg.program;
+	char *text = ready_text(r->p);
+	int fd = (int)o->ready_fd;
+
+	if (o->ready_fd != 0 && (write_all(fd, text, strlen(text)) == -1 ||
+	    close(fd) == -1))
+		die("cannot write to --ready-fd %d: %s", fd, strerror(errno));
+	if (r->port_file != NULL)
+		file_replace(r->port_file, "port file", text);
+	free(text);
 }
 
 /* Removes the pid file at a clean exit, if it is still ours. */
@@ -7034,7 +7125,9 @@ main(int argc, char *argv[])
 	/* A reload frees the config's strings; these are the process's. */
 	if ((o->dump_dir != NULL && (cli->dump_dir = strdup(o->dump_dir))
 	    == NULL) || (o->pid_file != NULL &&
-	    (r.pid_file = strdup(o->pid_file)) == NULL))
+	    (r.pid_file = strdup(o->pid_file)) == NULL) ||
+	    (o->port_file != NULL && (r.port_file = strdup(o->port_file)) ==
+	    NULL))
 		die("out of memory");
 	cli->cfg = &r.cfg;
 	r.hooks.user = cli;
@@ -7079,6 +7172,8 @@ main(int argc, char *argv[])
 	else if (geteuid() == 0)
 		log_out(TCPPROXY_LOG_ERROR, "warning: running as root; "
 		    "consider --user");
+	/* Last: once a waiter hears of it, it all holds, the pid file too. */
+	ready_announce(&r);
 	if (o->workers > 1) {
 		rc = run_workers(&r, (int)o->workers);
 	} else {
@@ -7088,8 +7183,12 @@ main(int argc, char *argv[])
 	}
 	tcpproxy_free(r.p);
 	pid_file_remove(r.pid_file);
+	if (r.port_file != NULL)
+		(void)unlink(r.port_file);	/* best effort, as a stale one
+						 * is only misleading */
 	tcpproxy_config_free(&r.cfg);
 	free(r.pid_file);
+	free(r.port_file);
 	free((char *)cli->dump_dir);
 	return rc;
 }
