@@ -6134,6 +6134,7 @@ static volatile sig_atomic_t got_usr1;	/* SIGUSR1: stats */
 static volatile sig_atomic_t got_usr2;	/* SIGUSR2: drain (a worker) */
 static int log_time;			/* --log-time */
 static int log_syslog;			/* --syslog, once openlog() ran */
+static int startup_fd = -1;		/* -D: die() tells the parent too */
 
 /*
  * Writes one log line where the options say: to syslog (facility daemon,
@@ -6202,6 +6203,14 @@ die(const char *fmt, ...)
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
 	log_out(TCPPROXY_LOG_ERROR, line);
+	if (startup_fd >= 0) {
+		char out[sizeof(line) + 16];
+		int n = snprintf(out, sizeof(out), "tcpproxy: %s\n", line);
+
+		/* Best effort: the parent says something anyway at EOF. */
+		if (n > 0 && write(startup_fd, out, strlen(out)) < 0)
+			exit(1);
+	}
 	exit(1);
 }
 
@@ -6680,6 +6689,7 @@ struct run {
 	struct tcpproxy *p;
 	char *pid_file;			/* written by us, removed at exit */
 	char *port_file;		/* the same */
+	int daemon_fd;			/* -D: the ready lines to the parent */
 };
 
 /*
@@ -6812,7 +6822,118 @@ ready_announce(struct run *r)
 		die("cannot write to --ready-fd %d: %s", fd, strerror(errno));
 	if (r->port_file != NULL)
 		file_replace(r->port_file, "port file", text);
+	if (r->daemon_fd >= 0) {
+		if (write_all(r->daemon_fd, text, strlen(text)) == -1)
+			die("cannot tell the -D parent: %s", strerror(errno));
+		(void)close(r->daemon_fd);
+		r->daemon_fd = -1;
+		(void)close(startup_fd);
+		startup_fd = -1;
+	}
 	free(text);
+}
+
+/*
+ * Reads fd to its end into a string to free, with its length in *len.
+ * Returns NULL if out of memory (what was read is lost: the caller
+ * fails anyway).
+ */
+static char *
+read_all(int fd, size_t *len)
+{
+	char *text = NULL, *grown;
+	size_t cap = 0;
+	ssize_t n;
+
+	*len = 0;
+	for (;;) {
+		if (cap - *len < 512) {
+			if ((grown = realloc(text, cap + 4096)) == NULL) {
+				free(text);
+				return NULL;
+			}
+			text = grown;
+			cap += 4096;
+		}
+		if ((n = read(fd, text + *len, cap - *len - 1)) == -1 &&
+		    errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		*len += (size_t)n;
+	}
+	text[*len] = '\0';
+	return text;
+}
+
+/*
+ * The -D parent: waits for the daemon's ready lines and prints them on
+ * stdout, or for its error and prints that on stderr.  Returns the
+ * parent's exit status: 0 if the daemon is up, 1 if it is not.
+ */
+static int
+daemon_wait(pid_t pid, int ready, int errors)
+{
+	char *text;
+	size_t len;
+	int status;
+
+	/* EOF comes when the daemon is ready, or when it is gone. */
+	if ((text = read_all(ready, &len)) != NULL && len > 0) {
+		if (write_all(STDOUT_FILENO, text, len) == -1) {
+			fprintf(stderr, "tcpproxy: cannot print the ready "
+			    "lines: %s\n", strerror(errno));
+			return 1;
+		}
+		return 0;
+	}
+	free(text);
+	/* Not ready: it died, and wrote why (no listener cannot be). */
+	if ((text = read_all(errors, &len)) != NULL && len > 0)
+		(void)write_all(STDERR_FILENO, text, len);
+	free(text);
+	if (waitpid(pid, &status, 0) == pid && len == 0)
+		fprintf(stderr, "tcpproxy: the daemon ended before it was "
+		    "ready, with status %d\n", WIFEXITED(status) ?
+		    WEXITSTATUS(status) : 128 + WTERMSIG(status));
+	return 1;
+}
+
+/*
+ * -D: forks; the parent stays in daemon_wait() and exits with its status,
+ * the child returns to start the proxy in a session of its own, with
+ * stdin, stdout and stderr on /dev/null so that nothing of the caller's
+ * (a $(...) pipe, a terminal) is held.  Its working directory stays, as
+ * relative paths (-f, pid file) are read again on a reload.  Exits 1 on
+ * failure.
+ */
+static void
+daemon_start(struct run *r)
+{
+	int ready[2], errors[2], null;
+	pid_t pid;
+
+	if (pipe(ready) == -1 || pipe(errors) == -1)
+		die("cannot start the daemon: %s", strerror(errno));
+	if ((pid = fork()) == -1)
+		die("cannot start the daemon: fork: %s", strerror(errno));
+	if (pid > 0) {
+		(void)close(ready[1]);
+		(void)close(errors[1]);
+		exit(daemon_wait(pid, ready[0], errors[0]));
+	}
+	(void)close(ready[0]);
+	(void)close(errors[0]);
+	r->daemon_fd = ready[1];
+	startup_fd = errors[1];
+	(void)setsid();		/* cannot fail: a child leads no group */
+	if ((null = open("/dev/null", O_RDWR)) == -1 ||
+	    dup2(null, STDIN_FILENO) == -1 ||
+	    dup2(null, STDOUT_FILENO) == -1 ||
+	    dup2(null, STDERR_FILENO) == -1)
+		die("cannot start the daemon: /dev/null: %s", strerror(errno));
+	if (null > STDERR_FILENO)
+		(void)close(null);
 }
 
 /* Removes the pid file at a clean exit, if it is still ours. */
@@ -7025,6 +7146,25 @@ wait:
 }
 
 /*
+ * --log-file: appends stderr, and so every log line and message, to path.
+ * Exits 1 on failure.
+ */
+static void
+stderr_open(const char *path, const char *as)
+{
+	int fd;
+
+	if ((fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0666)) == -1)
+		die("cannot open --log-file '%s'%s: %s", path, as,
+		    strerror(errno));
+	if (fd != STDERR_FILENO) {
+		if (dup2(fd, STDERR_FILENO) == -1)
+			die("cannot log to '%s': %s", path, strerror(errno));
+		(void)close(fd);
+	}
+}
+
+/*
  * Opens the dump and log outputs the options ask for, and makes the dump
  * directory; cli->dump_dir is set already.  Exits 1 naming the path that
  * fails, and the user (-u) it fails for.
@@ -7038,6 +7178,8 @@ outputs_open(const struct tcpproxy_config *cfg, struct cli *cli)
 
 	if (o->user != NULL)
 		snprintf(as, sizeof(as), " as user '%s'", o->user);
+	if (o->log_output != NULL)
+		stderr_open(o->log_output, as);
 	if (o->dump_file != NULL && (cli->hex = fopen(o->dump_file, "w")) ==
 	    NULL)
 		die("cannot open dump file '%s'%s: %s", o->dump_file, as,
@@ -7094,6 +7236,7 @@ main(int argc, char *argv[])
 
 	r.argc = argc - 1;
 	r.argv = argv + 1;
+	r.daemon_fd = -1;
 	if (run_parse(&r, &r.cfg, err) == -1) {
 		const char *f = r.cfg.program.config_file;
 
@@ -7141,6 +7284,8 @@ main(int argc, char *argv[])
 		r.hooks.on_accept = NULL;
 	if (o->log_file != NULL)
 		r.hooks.on_refuse = cli_refuse;
+	if (o->daemon)
+		daemon_start(&r);
 
 	if (signals_catch() == -1)
 		die("sigaction: %s", strerror(errno));

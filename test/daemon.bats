@@ -73,3 +73,104 @@ listening_names() {
 	[ "$status" -eq 1 ]
 	[ "${lines[-1]}" = "tcpproxy: cannot write port file '$T/no/ports': No such file or directory" ]
 }
+
+# ---- -D, --log-file ----
+
+# daemon ARGS...: runs tcpproxy -D --pid-file $T/pid ARGS as $(...) would,
+# with stdout in $OUT and stderr in $T/daemon.err, its status in $RC; the
+# daemon's pid, once there is one, is killed in teardown.
+daemon() {
+	RC=0
+	OUT=$($LIMIT "$TCPPROXY" -D --pid-file "$T/pid" "$@" 2>"$T/daemon.err") ||
+	    RC=$?
+	if [ -s "$T/pid" ]; then
+		echo "single $(cat "$T/pid")" >>"$PIDS"
+	fi
+}
+
+@test "-D prints the ADDR:PORT line and leaves the proxy running, so \$(...) returns at once" {
+	local pid
+	start_backend echo
+	daemon 127.0.0.1 0 127.0.0.1 "$BACKEND_PORT"
+	echo "status $RC, out '$OUT'"
+	[ "$RC" -eq 0 ]
+	[[ $OUT =~ ^127\.0\.0\.1:[1-9][0-9]*$ ]]
+	[ ! -s "$T/daemon.err" ]
+	pid=$(cat "$T/pid")
+	kill -0 "$pid"
+	run "$CLIENT" -n 1 -g 1k 127.0.0.1 "${OUT##*:}"
+	[ "$status" -eq 0 ]
+	[ "$output" = "ok 1" ]
+	# Its own session; stdout and stderr let go (/dev/null, no --log-file).
+	if [ -d "/proc/$pid/fd" ]; then
+		[ "$(readlink "/proc/$pid/fd/1")" = /dev/null ]
+		[ "$(readlink "/proc/$pid/fd/2")" = /dev/null ]
+		[ "$(ps -o sid= -p "$pid" | tr -d ' ')" -eq "$pid" ]
+	fi
+	kill -TERM "$pid"
+	wait_for 10 is_gone "$pid"
+	[ ! -e "$T/pid" ]
+}
+
+@test "-D holds neither stdout nor stderr of the \$(...) that ran it" {
+	start_backend echo
+	# 2>&1 inside $(...): the daemon must not keep that pipe either.
+	OUT=$($LIMIT "$TCPPROXY" -D --pid-file "$T/pid" 127.0.0.1 0 \
+	    127.0.0.1 "$BACKEND_PORT" 2>&1)
+	echo "single $(cat "$T/pid")" >>"$PIDS"
+	[[ $OUT =~ ^127\.0\.0\.1:[1-9][0-9]*$ ]]
+}
+
+@test "-D prints one line per listener, as --ready-fd does" {
+	start_backend echo
+	two_services
+	daemon -f "$T/two.conf"
+	[ "$RC" -eq 0 ]
+	printf '%s\n' "$OUT"
+	[ "$(printf '%s\n' "$OUT" | wc -l)" -eq 2 ]
+	printf '%s\n' "$OUT" | grep -Fqx "$T/s.sock"
+}
+
+@test "-D that cannot start exits 1 with the proxy's own error on stderr, nothing on stdout" {
+	start_backend echo
+	daemon 127.0.0.1 "$BACKEND_PORT" 127.0.0.1 9
+	cat "$T/daemon.err"
+	[ "$RC" -eq 1 ]
+	[ -z "$OUT" ]
+	[ "$(lines_in "$T/daemon.err")" -eq 1 ]
+	has_line "$T/daemon.err" "^tcpproxy: .*127\\.0\\.0\\.1:$BACKEND_PORT.*in use"
+	[ ! -e "$T/pid" ]
+	# An error before binding comes back the same way.
+	daemon -u nosuchuser 127.0.0.1 0 127.0.0.1 9
+	[ "$RC" -eq 1 ]
+	[ "$(cat "$T/daemon.err")" = "tcpproxy: cannot drop privileges: unknown user 'nosuchuser'" ]
+}
+
+@test "-D with --log-file appends the daemon's log lines to the file" {
+	start_backend echo
+	echo "an earlier line" >"$T/log"
+	daemon -v --log-file "$T/log" 127.0.0.1 0 127.0.0.1 "$BACKEND_PORT"
+	[ "$RC" -eq 0 ]
+	[ "$(head -n 1 "$T/log")" = "an earlier line" ]
+	has_line "$T/log" "^tcpproxy: listening on $OUT\$"
+	run "$CLIENT" -n 1 -g 100 127.0.0.1 "${OUT##*:}"
+	[ "$status" -eq 0 ]
+	wait_for 10 has_line "$T/log" ' close id=1 '
+}
+
+@test "--log-file without -D takes the lines that went to stderr" {
+	start_backend echo
+	spawn single proxy "$TCPPROXY" --log-file "$T/log" --port-file \
+	    "$T/ports" 127.0.0.1 0 127.0.0.1 "$BACKEND_PORT"
+	wait_for 10 test -s "$T/ports"
+	has_line "$T/log" "^tcpproxy: listening on $(cat "$T/ports")\$"
+	[ ! -s "$T/proxy.err" ]
+}
+
+@test "a --log-file that cannot be opened fails the start, naming it, also with -D" {
+	start_fails "cannot open --log-file '$T/no/log': No such file" \
+	    --log-file "$T/no/log" 127.0.0.1 0 127.0.0.1 9
+	daemon --log-file "$T/no/log" 127.0.0.1 0 127.0.0.1 9
+	[ "$RC" -eq 1 ]
+	has_line "$T/daemon.err" "^tcpproxy: cannot open --log-file '$T/no/log': No such file"
+}
