@@ -6089,6 +6089,14 @@ int setgroups(int, const gid_t *);
 
 #define ERRLEN 512
 
+/*
+ * How often, in ms, --exit-with-parent looks for its parent.  Linux's
+ * PR_SET_PDEATHSIG would be quicker, but it fires when the parent
+ * *thread* ends, which a threaded test runner's does while the runner
+ * lives on; and with -D the parent to outlive is not ours.
+ */
+#define WATCH_MS 200
+
 static const char usage_line[] =
     "usage: tcpproxy [-HhqVvx] [-a cidr] [-b bytes] [-c max-clients] "
     "[-d cidr]\n"
@@ -6690,6 +6698,10 @@ struct run {
 	char *pid_file;			/* written by us, removed at exit */
 	char *port_file;		/* the same */
 	int daemon_fd;			/* -D: the ready lines to the parent */
+	pid_t parent;			/* --exit-with-parent: whom; or 0 */
+	int parent_far;			/* -D: not our parent: ask kill() */
+	long long end_ms;		/* --lifetime: when (now_ms); or 0 */
+	int watched;			/* one of them has stopped the proxy */
 };
 
 /*
@@ -6953,8 +6965,60 @@ pid_file_remove(const char *path)
 }
 
 /*
+ * Returns why the proxy should stop by itself now (--exit-with-parent,
+ * --lifetime), or NULL.
+ */
+static const char *
+watch_reason(const struct run *r)
+{
+	if (r->parent > 0 && (r->parent_far ? kill(r->parent, 0) == -1 &&
+	    errno == ESRCH : getppid() != r->parent))
+		return "the parent process exited";
+	if (r->end_ms > 0 && now_ms() >= r->end_ms)
+		return "the --lifetime is over";
+	return NULL;
+}
+
+/*
+ * Returns how long, in ms, the loop may wait before watch_check() must
+ * look again, or -1 for as long as it likes.
+ */
+static int
+watch_timeout(const struct run *r)
+{
+	long long t = r->parent > 0 ? WATCH_MS : -1, left;
+
+	if (r->watched)
+		return -1;
+	if (r->end_ms > 0) {
+		left = r->end_ms - now_ms();
+		left = left < 0 ? 0 : left > WATCH_MS * 1000 ?
+		    WATCH_MS * 1000 : left;
+		if (t == -1 || left < t)
+			t = left;
+	}
+	return (int)t;
+}
+
+/* Returns 1, once, when the watch says stop, after logging why; or 0. */
+static int
+watch_check(struct run *r)
+{
+	const char *why;
+	char line[128];
+
+	if (r->watched || (why = watch_reason(r)) == NULL)
+		return 0;
+	r->watched = 1;
+	snprintf(line, sizeof(line), "stopping: %s", why);
+	log_out(TCPPROXY_LOG_ERROR, line);
+	return 1;
+}
+
+/*
  * Runs the poll loop in this process, acting on the signals between
- * rounds.  Returns main's exit status.
+ * rounds; a worker leaves the watch to its parent.  Returns main's exit
+ * status.
  */
 static int
 run_loop(struct run *r, int worker)
@@ -6962,9 +7026,11 @@ run_loop(struct run *r, int worker)
 	int rc;
 
 	for (;;) {
-		rc = tcpproxy_step(r->p, -1);
+		rc = tcpproxy_step(r->p, worker ? -1 : watch_timeout(r));
 		if (rc != 1)
 			break;
+		if (!worker && watch_check(r))
+			tcpproxy_stop(r->p);	/* as SIGTERM would */
 		if (got_hup) {
 			got_hup = 0;
 			if (worker)
@@ -7084,6 +7150,7 @@ run_workers(struct run *r, int n)
 	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = on_child;
 	(void)sigaction(SIGCHLD, &sa, NULL);
+	(void)sigaction(SIGALRM, &sa, NULL);	/* wakes it for the watch */
 	/*
 	 * Blocked until sigsuspend(): a signal between fork and
 	 * tcpproxy_after_fork, or just before the parent waits, would be lost.
@@ -7095,6 +7162,7 @@ run_workers(struct run *r, int n)
 	sigaddset(&block, SIGUSR1);
 	sigaddset(&block, SIGUSR2);
 	sigaddset(&block, SIGCHLD);
+	sigaddset(&block, SIGALRM);
 	(void)sigprocmask(SIG_BLOCK, &block, &old);
 	/* The parent only supervises: its proxy holds the listeners. */
 	the_proxy = NULL;
@@ -7124,6 +7192,8 @@ run_workers(struct run *r, int n)
 			}
 		}
 wait:
+		if (watch_check(r))
+			got_stop++;
 		while (forwarded < got_stop) {
 			workers_signal(pids, npids, SIGTERM);
 			forwarded++;
@@ -7138,9 +7208,14 @@ wait:
 			break;
 		alive -= k;
 		if (alive > 0 && forwarded == got_stop && !got_hup &&
-		    !got_usr1)
+		    !got_usr1) {
+			/* A second at most, then the watch looks again. */
+			if (watch_timeout(r) >= 0)
+				(void)alarm(1);
 			(void)sigsuspend(&old);
+		}
 	}
+	(void)alarm(0);
 	free(pids);
 	return rc;
 }
@@ -7284,6 +7359,12 @@ main(int argc, char *argv[])
 		r.hooks.on_accept = NULL;
 	if (o->log_file != NULL)
 		r.hooks.on_refuse = cli_refuse;
+	/* Before -D: its parent to outlive is the one that ran it. */
+	if (o->exit_with_parent)
+		r.parent = getppid();
+	r.parent_far = o->daemon;
+	if (o->lifetime > 0)
+		r.end_ms = now_ms() + secs_to_ms(o->lifetime);
 	if (o->daemon)
 		daemon_start(&r);
 

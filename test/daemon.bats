@@ -174,3 +174,106 @@ daemon() {
 	[ "$RC" -eq 1 ]
 	has_line "$T/daemon.err" "^tcpproxy: cannot open --log-file '$T/no/log': No such file"
 }
+
+# ---- --exit-with-parent, --lifetime ----
+
+# parent_of_proxy ARGS...: starts a shell (PARENT) that starts tcpproxy
+# ARGS --port-file $T/ports in the background (PROXY, stderr in
+# $T/child.err) and then stays, as a test script would; waits until the
+# proxy is up.
+parent_of_proxy() {
+	spawn single parent sh -c '"$@" 2>"$0.err" 3>&- & echo $! >"$0.pid";
+	    exec sleep 1000' "$T/child" "$TCPPROXY" "$@" --port-file "$T/ports"
+	PARENT=$SPAWNED
+	wait_for 10 test -s "$T/ports"
+	PROXY=$(cat "$T/child.pid")
+	echo "single $PROXY" >>"$PIDS"
+}
+
+@test "--exit-with-parent: the proxy stops when the process that started it is killed" {
+	start_backend echo
+	parent_of_proxy --exit-with-parent 127.0.0.1 0 127.0.0.1 \
+	    "$BACKEND_PORT"
+	kill -0 "$PROXY"
+	kill -KILL "$PARENT"
+	wait_for 10 is_gone "$PROXY"
+	has_line "$T/child.err" '^tcpproxy: stopping: the parent process exited$'
+	# Like SIGTERM: a clean exit, its port file removed.
+	[ ! -e "$T/ports" ]
+}
+
+@test "without --exit-with-parent the proxy outlives its parent" {
+	start_backend echo
+	parent_of_proxy 127.0.0.1 0 127.0.0.1 "$BACKEND_PORT"
+	kill -KILL "$PARENT"
+	wait "$PARENT" || true
+	observe_for 0.5
+	kill -0 "$PROXY"
+}
+
+@test "-D --exit-with-parent outlives the -D process and stops with the shell that ran it" {
+	start_backend echo
+	spawn single parent sh -c '"$@" >"$0.out"; exec sleep 1000' "$T/sh" \
+	    "$TCPPROXY" -D --exit-with-parent --pid-file "$T/pid" \
+	    --log-file "$T/log" 127.0.0.1 0 127.0.0.1 "$BACKEND_PORT"
+	PARENT=$SPAWNED
+	wait_for 10 test -s "$T/sh.out"
+	PROXY=$(cat "$T/pid")
+	echo "single $PROXY" >>"$PIDS"
+	# The -D process is gone by now; the shell is not: the proxy stays.
+	observe_for 0.5
+	kill -0 "$PROXY"
+	no_line "$T/log" 'stopping'
+	kill -KILL "$PARENT"
+	wait "$PARENT" || true
+	wait_for 10 is_gone "$PROXY"
+	has_line "$T/log" '^tcpproxy: stopping: the parent process exited$'
+}
+
+# lifetime_over: the last proxy ends by itself (in 10 s), with status 0,
+# and says why.
+lifetime_over() {
+	local rc=0
+	wait_for 10 is_gone "$PROXY_PID"
+	wait "$PROXY_PID" || rc=$?
+	[ "$rc" -eq 0 ]
+	has_line "$PROXY_LOG" '^tcpproxy: stopping: the --lifetime is over$'
+}
+
+@test "--lifetime SECS: the proxy stops by itself, with status 0" {
+	start_backend echo
+	start_proxy --lifetime 0.3 127.0.0.1 0 127.0.0.1 "$BACKEND_PORT"
+	lifetime_over
+}
+
+@test "--lifetime gives open bridges the grace period, as SIGTERM does" {
+	start_backend echo
+	# Long enough for the client below to be let in first.
+	start_proxy --lifetime 3 --grace 0.2 127.0.0.1 0 127.0.0.1 \
+	    "$BACKEND_PORT"
+	# A client that would sit idle for 30 s: the grace ends it.
+	spawn single client "$CLIENT" -a 60 -n 1 -g 1k -W 30000 127.0.0.1 \
+	    "$PROXY_PORT"
+	wait_for 10 has_line "$PROXY_LOG" ' open id=1 '
+	lifetime_over
+	has_line "$PROXY_LOG" ' close id=1 .*reason=shutdown'
+}
+
+@test "--lifetime and --exit-with-parent work with -w 2 too" {
+	start_backend echo
+	start_proxy -w 2 --lifetime 0.3 127.0.0.1 0 127.0.0.1 "$BACKEND_PORT"
+	lifetime_over
+	parent_of_proxy -w 2 --exit-with-parent 127.0.0.1 0 127.0.0.1 \
+	    "$BACKEND_PORT"
+	kill -KILL "$PARENT"
+	wait_for 10 is_gone "$PROXY"
+	has_line "$T/child.err" '^tcpproxy: stopping: the parent process exited$'
+}
+
+@test "--lifetime takes seconds; the new options are for the command line only" {
+	bad_usage "--lifetime" --lifetime soon 127.0.0.1 0 127.0.0.1 9
+	printf -- '--lifetime 1\n127.0.0.1 0 127.0.0.1 9\n' >"$T/c.conf"
+	run $LIMIT "$TCPPROXY" -f "$T/c.conf"
+	[ "$status" -eq 2 ]
+	[[ $output == *"option '--lifetime' is for the command line only"* ]]
+}
