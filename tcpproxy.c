@@ -7297,6 +7297,201 @@ check_report(void *user, const char *line)
 	fprintf(stderr, "tcpproxy: %s\n", line);
 }
 
+/* ---- tcpproxy ctl: the control socket's client ---- */
+
+/*
+ * The control protocol, plain text so that socat and nc -U serve too.  A
+ * request is one line ending in "\n", its words split on blanks; a word
+ * holding a blank or '"' (or none at all) is sent in double quotes, with
+ * '"' and '\\' escaped by a '\\'.  Or a batch: "begin\n", request lines,
+ * "end\n", applied in one round of the loop.  The reply to either is zero
+ * or more data lines, then exactly one status line, "ok" or "ok TEXT" or
+ * "error: MESSAGE"; a data line never starts with "ok" or "error:".  The
+ * client then closes.  It has no timeout of its own: the server bounds a
+ * "wait" with its timeout=.
+ */
+
+#define CTL_USAGE "usage: tcpproxy ctl path command [arg ...]\n" \
+	"       tcpproxy ctl path -\n"
+
+/* Prints a ctl usage error and exits 2. */
+static NORETURN void
+ctl_usage(const char *why)
+{
+	fprintf(stderr, "tcpproxy: ctl: %s\n%s", why, CTL_USAGE);
+	exit(2);
+}
+
+/*
+ * Prints "tcpproxy: ctl: WHAT 'PATH': strerror" (no PATH if NULL) and
+ * exits 2.
+ */
+static NORETURN void
+ctl_fail(const char *path, const char *what, int err)
+{
+	if (path != NULL)
+		fprintf(stderr, "tcpproxy: ctl: %s '%s': %s\n", what, path,
+		    strerror(err));
+	else
+		fprintf(stderr, "tcpproxy: ctl: %s: %s\n", what,
+		    strerror(err));
+	exit(2);
+}
+
+/*
+ * Returns the request line for words[0..n), each quoted as it needs, in
+ * a string to free.  Exits 2 if a word holds a line break, which no line
+ * can carry.
+ */
+static char *
+ctl_line(char *const words[], int n)
+{
+	char *line, *q;
+	size_t len = 2;
+	int i;
+
+	for (i = 0; i < n; i++)
+		len += 2 * strlen(words[i]) + 3;
+	if ((line = malloc(len)) == NULL)
+		ctl_fail(NULL, "out of memory", ENOMEM);
+	q = line;
+	for (i = 0; i < n; i++) {
+		const char *w = words[i];
+		int quote = *w == '\0' || strpbrk(w, " \t\"") != NULL;
+
+		if (strpbrk(w, "\n\r") != NULL)
+			ctl_usage("a word holds a line break");
+		if (i > 0)
+			*q++ = ' ';
+		if (quote)
+			*q++ = '"';
+		for (; *w != '\0'; w++) {
+			if (quote && (*w == '"' || *w == '\\'))
+				*q++ = '\\';
+			*q++ = *w;
+		}
+		if (quote)
+			*q++ = '"';
+	}
+	*q++ = '\n';
+	*q = '\0';
+	return line;
+}
+
+/*
+ * Returns a batch made of the lines of f, "begin\n" and "end\n" around
+ * those that are not blank, in a string to free; exits 2 on failure.
+ */
+static char *
+ctl_batch(FILE *f)
+{
+	char *batch, *line = NULL, *grown;
+	size_t len, cap = 0, at;
+	ssize_t n;
+
+	if ((batch = strdup("begin\n")) == NULL)
+		ctl_fail(NULL, "out of memory", ENOMEM);
+	at = strlen(batch);
+	while ((n = getline(&line, &cap, f)) != -1) {
+		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+			line[--n] = '\0';
+		if (strspn(line, " \t") == (size_t)n)
+			continue;
+		len = at + (size_t)n + sizeof("\nend\n");
+		if ((grown = realloc(batch, len)) == NULL)
+			ctl_fail(NULL, "out of memory", ENOMEM);
+		batch = grown;
+		at += (size_t)sprintf(batch + at, "%s\n", line);
+	}
+	if (ferror(f))
+		ctl_fail(NULL, "cannot read the batch", errno);
+	free(line);
+	if ((grown = realloc(batch, at + sizeof("end\n"))) == NULL)
+		ctl_fail(NULL, "out of memory", ENOMEM);
+	strcpy(grown + at, "end\n");
+	return grown;
+}
+
+/* Returns a stream connected to the Unix socket path; exits 2 if not. */
+static FILE *
+ctl_connect(const char *path)
+{
+	struct sockaddr_un sun;
+	FILE *f;
+	int fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path))
+		ctl_fail(path, "cannot connect to", ENAMETOOLONG);
+	strcpy(sun.sun_path, path);
+	if ((fd = socket(AF_UNIX, SOCK_STREAM, 0)) == -1)
+		ctl_fail(path, "cannot connect to", errno);
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1 ||
+	    (f = fdopen(fd, "r")) == NULL)
+		ctl_fail(path, "cannot connect to", errno);
+	return f;
+}
+
+/*
+ * tcpproxy ctl PATH COMMAND... | -: sends one request (or a batch from
+ * stdin) to the control socket PATH, prints the reply's data lines, and
+ * the TEXT of "ok TEXT", on stdout.  Returns 0 for "ok", 1 for "error"
+ * (the line goes to stderr); exits 2 when the proxy cannot be reached or
+ * hangs up before its status line.
+ */
+static int
+ctl_main(int argc, char *argv[])
+{
+	const char *path = argc > 0 ? argv[0] : NULL;
+	struct sigaction sa;
+	char *req, *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	FILE *f;
+	int rc = -1;
+
+	if (argc < 2 || *path == '\0')
+		ctl_usage(argc < 1 || *path == '\0' ? "needs the control "
+		    "socket's path" : "needs a command, or - for a batch");
+	req = argc == 2 && strcmp(argv[1], "-") == 0 ? ctl_batch(stdin) :
+	    ctl_line(argv + 1, argc - 1);
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = SIG_IGN;	/* a socket closed on us: EPIPE */
+	(void)sigaction(SIGPIPE, &sa, NULL);
+	f = ctl_connect(path);
+	if (write_all(fileno(f), req, strlen(req)) == -1)
+		ctl_fail(path, "cannot send to", errno);
+	free(req);
+	while (rc == -1 && (n = getline(&line, &cap, f)) != -1) {
+		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+			line[--n] = '\0';
+		if (strcmp(line, "ok") == 0)
+			rc = 0;
+		else if (strncmp(line, "ok ", 3) == 0)
+			rc = printf("%s\n", line + 3) < 0;
+		else if (strncmp(line, "error", 5) == 0 &&
+		    (line[5] == '\0' || line[5] == ':' || line[5] == ' ')) {
+			fprintf(stderr, "%s\n", line);
+			rc = 1;
+		} else
+			printf("%s\n", line);
+	}
+	if (rc == -1 && ferror(f))
+		ctl_fail(path, "cannot read the reply from", errno);
+	if (rc == -1) {
+		fprintf(stderr, "tcpproxy: ctl: '%s' hung up before the "
+		    "status line\n", path);
+		exit(2);
+	}
+	free(line);
+	fclose(f);
+	if (fflush(stdout) == EOF)
+		return 1;
+	return rc;
+}
+
 #ifndef TCPPROXY_FUZZ
 int
 main(int argc, char *argv[])
@@ -7309,6 +7504,9 @@ main(int argc, char *argv[])
 	char err[ERRLEN];
 	int rc;
 
+	/* A local host named ctl would be written ctl:PORT. */
+	if (argc > 1 && strcmp(argv[1], "ctl") == 0)
+		return ctl_main(argc - 2, argv + 2);
 	r.argc = argc - 1;
 	r.argv = argv + 1;
 	r.daemon_fd = -1;
