@@ -6098,7 +6098,7 @@ int setgroups(int, const gid_t *);
 #define WATCH_MS 200
 
 static const char usage_line[] =
-    "usage: tcpproxy [-HhqVvx] [-a cidr] [-b bytes] [-c max-clients] "
+    "usage: tcpproxy [-DHhqVvx] [-a cidr] [-b bytes] [-c max-clients] "
     "[-d cidr]\n"
     "                [-f config] [-i idle-secs] [-s source] "
     "[-t connect-secs]\n"
@@ -6107,17 +6107,21 @@ static const char usage_line[] =
     "[--check-config]\n"
     "                [--down-time secs] [--dump-dir dir] "
     "[--dump-file file]\n"
-    "                [--fails n] [--grace secs] [--health-check secs]\n"
-    "                [--keepalive[=secs]] [--log-time] "
-    "[--max-bytes bytes]\n"
+    "                [--exit-with-parent] [--fails n] [--grace secs]\n"
+    "                [--health-check secs] [--keepalive[=secs]] "
+    "[--lifetime secs]\n"
+    "                [--log-file file] [--log-time] [--max-bytes bytes]\n"
     "                [--max-per-source n] [--name name] "
     "[--pid-file file]\n"
-    "                [--proxy-from cidr] [--proxy-timeout secs]\n"
+    "                [--port-file file] [--proxy-from cidr] "
+    "[--proxy-timeout secs]\n"
     "                [--queue-timeout secs] [--rate bytes] "
-    "[--send-proxy v1|v2]\n"
-    "                [--sni pattern=host:port] [--socket-mode mode] "
-    "[--syslog]\n"
-    "                [local_host local_port remote_host remote_port ...]\n";
+    "[--ready-fd fd]\n"
+    "                [--send-proxy v1|v2] [--sni pattern=host:port]\n"
+    "                [--socket-mode mode] [--syslog]\n"
+    "                [local_host local_port remote_host remote_port ...]\n"
+    "       tcpproxy ctl path command [arg ...]\n"
+    "       tcpproxy ctl path -\n";
 
 /* What the command line's hooks need; one per process. */
 struct cli {
@@ -6291,17 +6295,32 @@ help(void)
 	    "  -w, --workers N             N processes share the listener\n"
 	    "  -u, --user USER[:GROUP]     drop privileges after binding\n"
 	    "      --pid-file FILE         write the process id to FILE\n"
+	    "  -D, --daemon                run in the background once up; print "
+	    "ADDR:PORT\n"
+	    "      --ready-fd FD           once up, write ADDR:PORT lines to "
+	    "FD, close it\n"
+	    "      --port-file FILE        once up, write the ADDR:PORT lines "
+	    "to FILE\n"
+	    "      --exit-with-parent      stop when the parent process "
+	    "exits\n"
+	    "      --lifetime SECS         stop by itself after SECS\n"
 	    "      --grace SECS            time bridges may finish after "
 	    "SIGTERM (default 5)\n"
 	    "  -q, --quiet                 no per-bridge log lines\n"
 	    "      --log-time              start each log line with the UTC "
 	    "time\n"
+	    "      --log-file FILE         append the log to FILE, not "
+	    "stderr\n"
 	    "      --syslog                log to syslog (daemon), not "
 	    "stderr\n"
 	    "  -v, --verbose               more detail in the log\n"
 	    "  -h, --help                  this help\n"
 	    "  -V, --version               the version\n"
-	    "Sizes take a suffix k, m or g; durations may have fractions.\n",
+	    "Sizes take a suffix k, m or g; durations may have fractions.\n"
+	    "tcpproxy ctl PATH COMMAND... sends a command to the control "
+	    "socket PATH; with -\n"
+	    "the lines of stdin, as one batch.  It exits 0 (ok), 1 (error) or "
+	    "2 (no reply).\n",
 	    usage_line);
 }
 
