@@ -7117,6 +7117,15 @@ tcpproxy_bound_port(const struct tcpproxy *p)
 	    &p->lis[0].a.ss) : -1;
 }
 
+const char *
+tcpproxy_listener_name(const struct tcpproxy *p, size_t i)
+{
+	if (i >= p->nlisten)
+		return NULL;
+	return p->lis[i].a.ss.ss_family == AF_UNIX ?
+	    unix_path(p->lis[i].svc->local_host) : p->lis[i].a.name;
+}
+
 unsigned long
 tcpproxy_bridges(const struct tcpproxy *p)
 {
@@ -7299,10 +7308,13 @@ static const struct opt opts[] = {
 	{ "config", 'f', K_STR, S_CMD, CFG(program.config_file), 0 },
 	{ "connect-timeout", 't', K_SECS, S_RULE, SVC(connect_timeout), 0 },
 	{ "control", 0, K_STR, S_PROC, CFG(control), 0 },
+	{ "daemon", 'D', K_FLAG, S_CMD, CFG(program.daemon), 0 },
 	{ "deny", 'd', K_DENY, S_RULE, 0, 0 },
 	{ "down-time", 0, K_SECS, S_RULE, SVC(down_time), 0 },
 	{ "dump-dir", 0, K_STR, S_PROC, CFG(program.dump_dir), 0 },
 	{ "dump-file", 0, K_STR, S_PROC, CFG(program.dump_file), 0 },
+	{ "exit-with-parent", 0, K_FLAG, S_CMD, CFG(program.exit_with_parent),
+	    0 },
 	{ "fails", 0, K_COUNT, S_RULE, SVC(fails), 1000000 },
 	{ "fault", 0, K_FAULT, S_RULE, 0, 0 },
 	{ "grace", 0, K_SECS, S_PROC, CFG(grace), 0 },
@@ -7312,6 +7324,8 @@ static const struct opt opts[] = {
 	{ "hexdump", 'x', K_FLAG, S_PROC, CFG(program.hexdump), 0 },
 	{ "idle-timeout", 'i', K_SECS, S_RULE, SVC(idle_timeout), 0 },
 	{ "keepalive", 0, K_KEEPALIVE, S_RULE, SVC(keepalive_idle), 0 },
+	{ "lifetime", 0, K_SECS, S_CMD, CFG(program.lifetime), 0 },
+	{ "log-file", 0, K_STR, S_CMD, CFG(program.log_output), 0 },
 	{ "log-time", 0, K_FLAG, S_PROC, CFG(program.log_time), 0 },
 	{ "max-bytes", 0, K_ULL, S_RULE, SVC(max_bytes), ULLONG_MAX / 2 },
 	{ "max-clients", 'c', K_COUNT, S_RULE, SVC(max_clients), 1000000000 },
@@ -7319,10 +7333,12 @@ static const struct opt opts[] = {
 	    1000000000 },
 	{ "name", 0, K_STR, S_RULE, SVC(name), 0 },
 	{ "pid-file", 0, K_STR, S_PROC, CFG(program.pid_file), 0 },
+	{ "port-file", 0, K_STR, S_CMD, CFG(program.port_file), 0 },
 	{ "proxy-from", 0, K_TRUST, S_RULE, 0, 0 },
 	{ "proxy-timeout", 0, K_SECS, S_RULE, SVC(proxy_timeout), 0 },
 	{ "queue-timeout", 0, K_SECS, S_RULE, SVC(queue_timeout), 0 },
 	{ "quiet", 'q', K_QUIET, S_PROC, CFG(verbosity), 0 },
+	{ "ready-fd", 0, K_COUNT, S_CMD, CFG(program.ready_fd), 1000000 },
 	{ "rate", 0, K_ULL, S_RULE, SVC(rate), ULLONG_MAX / 2 },
 	{ "seed", 0, K_SEED, S_PROC, CFG(seed), 0 },
 	{ "send-proxy", 0, K_PROXYVER, S_RULE, SVC(send_proxy), 0 },
@@ -8326,27 +8342,40 @@ int setgroups(int, const gid_t *);
 
 #define ERRLEN 512
 
+/*
+ * How often, in ms, --exit-with-parent looks for its parent.  Linux's
+ * PR_SET_PDEATHSIG would be quicker, but it fires when the parent
+ * *thread* ends, which a threaded test runner's does while the runner
+ * lives on; and with -D the parent to outlive is not ours.
+ */
+#define WATCH_MS 200
+
 static const char usage_line[] =
-    "usage: tcpproxy [-HhqVvx] [-a cidr] [-b bytes] [-c max-clients] "
+    "usage: tcpproxy [-DHhqVvx] [-a cidr] [-b bytes] [-c max-clients] "
     "[-d cidr]\n"
     "                [-f config] [-i idle-secs] [-s source] "
     "[-t connect-secs]\n"
     "                [-u user[:group]] [-w workers] [--accept-proxy]\n"
     "                [--balance policy] [--busy-poll usecs] "
     "[--check-config]\n"
-    "                [--down-time secs] [--dump-dir dir] "
-    "[--dump-file file]\n"
-    "                [--fails n] [--grace secs] [--health-check secs]\n"
-    "                [--keepalive[=secs]] [--log-time] "
-    "[--max-bytes bytes]\n"
-    "                [--max-per-source n] [--name name] "
-    "[--pid-file file]\n"
+    "                [--control path] [--down-time secs] "
+    "[--dump-dir dir]\n"
+    "                [--dump-file file] [--exit-with-parent] [--fails n]\n"
+    "                [--fault spec] [--grace secs] [--health-check secs]\n"
+    "                [--keepalive[=secs]] [--lifetime secs] "
+    "[--log-file file]\n"
+    "                [--log-time] [--max-bytes bytes] "
+    "[--max-per-source n]\n"
+    "                [--name name] [--pid-file file] [--port-file file]\n"
     "                [--proxy-from cidr] [--proxy-timeout secs]\n"
     "                [--queue-timeout secs] [--rate bytes] "
-    "[--send-proxy v1|v2]\n"
-    "                [--sni pattern=host:port] [--socket-mode mode] "
-    "[--syslog]\n"
-    "                [local_host local_port remote_host remote_port ...]\n";
+    "[--ready-fd fd]\n"
+    "                [--seed n] [--send-proxy v1|v2] "
+    "[--sni pattern=host:port]\n"
+    "                [--socket-mode mode] [--syslog]\n"
+    "                [local_host local_port remote_host remote_port ...]\n"
+    "       tcpproxy ctl path command [arg ...]\n"
+    "       tcpproxy ctl path -\n";
 
 /* What the command line's hooks need; one per process. */
 struct cli {
@@ -8371,6 +8400,7 @@ static volatile sig_atomic_t got_usr1;	/* SIGUSR1: stats */
 static volatile sig_atomic_t got_usr2;	/* SIGUSR2: drain (a worker) */
 static int log_time;			/* --log-time */
 static int log_syslog;			/* --syslog, once openlog() ran */
+static int startup_fd = -1;		/* -D: die() tells the parent too */
 
 /*
  * Writes one log line where the options say: to syslog (facility daemon,
@@ -8439,6 +8469,14 @@ die(const char *fmt, ...)
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
 	log_out(TCPPROXY_LOG_ERROR, line);
+	if (startup_fd >= 0) {
+		char out[sizeof(line) + 16];
+		int n = snprintf(out, sizeof(out), "tcpproxy: %s\n", line);
+
+		/* Best effort: the parent says something anyway at EOF. */
+		if (n > 0 && write(startup_fd, out, strlen(out)) < 0)
+			exit(1);
+	}
 	exit(1);
 }
 
@@ -8511,17 +8549,36 @@ help(void)
 	    "  -w, --workers N             N processes share the listener\n"
 	    "  -u, --user USER[:GROUP]     drop privileges after binding\n"
 	    "      --pid-file FILE         write the process id to FILE\n"
+	    "      --fault SPEC            inject a fault, ACTION[=ARG][,KEY=VAL]... "
+	    "(repeatable)\n"
+	    "      --seed N                seed the faults' random choices\n"
+	    "      --control PATH          take commands on the Unix socket PATH\n"
+	    "  -D, --daemon                run in the background once up; print "
+	    "ADDR:PORT\n"
+	    "      --ready-fd FD           once up, write ADDR:PORT lines to "
+	    "FD, close it\n"
+	    "      --port-file FILE        once up, write the ADDR:PORT lines "
+	    "to FILE\n"
+	    "      --exit-with-parent      stop when the parent process "
+	    "exits\n"
+	    "      --lifetime SECS         stop by itself after SECS\n"
 	    "      --grace SECS            time bridges may finish after "
 	    "SIGTERM (default 5)\n"
 	    "  -q, --quiet                 no per-bridge log lines\n"
 	    "      --log-time              start each log line with the UTC "
 	    "time\n"
+	    "      --log-file FILE         append the log to FILE, not "
+	    "stderr\n"
 	    "      --syslog                log to syslog (daemon), not "
 	    "stderr\n"
 	    "  -v, --verbose               more detail in the log\n"
 	    "  -h, --help                  this help\n"
 	    "  -V, --version               the version\n"
-	    "Sizes take a suffix k, m or g; durations may have fractions.\n",
+	    "Sizes take a suffix k, m or g; durations may have fractions.\n"
+	    "tcpproxy ctl PATH COMMAND... sends a command to the control "
+	    "socket PATH; with -\n"
+	    "the lines of stdin, as one batch.  It exits 0 (ok), 1 (error) or "
+	    "2 (no reply).\n",
 	    usage_line);
 }
 
@@ -8916,12 +8973,21 @@ struct run {
 	struct cli cli;
 	struct tcpproxy *p;
 	char *pid_file;			/* written by us, removed at exit */
+	char *port_file;		/* the same */
+	int daemon_fd;			/* -D: the ready lines to the parent */
+	pid_t parent;			/* --exit-with-parent: whom; or 0 */
+	int parent_far;			/* -D: not our parent: ask kill() */
+	long long end_ms;		/* --lifetime: when (now_ms); or 0 */
+	int watched;			/* one of them has stopped the proxy */
 };
 
 /*
  * Parses the command line (and the config file it names) into cfg, with
  * the run's hooks; returns 0, or -1 with the reason in err.
  */
+static int control_reload(void *, char *, size_t);
+static int run_reload_err(struct run *, char *, size_t);
+
 static int
 run_parse(struct run *r, struct tcpproxy_config *cfg, char *err)
 {
@@ -8930,12 +8996,30 @@ run_parse(struct run *r, struct tcpproxy_config *cfg, char *err)
 		return -1;
 	cfg->hooks = &r->hooks;
 	cfg->log = cli_log;
+	cfg->on_reload = control_reload;
+	cfg->reload_user = r;
 	return 0;
 }
 
 /* SIGHUP: re-reads everything and switches, or says why not; 0 or -1. */
 static int
 run_reload(struct run *r)
+{
+	char err[ERRLEN];
+
+	return run_reload_err(r, err, sizeof(err));
+}
+
+/* The control socket's reload: as SIGHUP's, with the reason in err. */
+static int
+control_reload(void *user, char *err, size_t errlen)
+{
+	return run_reload_err(user, err, errlen);
+}
+
+/* Reloads as run_reload() does; the reason of a failure goes to err. */
+static int
+run_reload_err(struct run *r, char *out, size_t outlen)
 {
 	struct tcpproxy_config cfg;
 	char err[ERRLEN];
@@ -8947,6 +9031,7 @@ run_reload(struct run *r)
 		snprintf(line, sizeof(line), "reload failed, the running "
 		    "configuration stays: %s", err);
 		log_out(TCPPROXY_LOG_ERROR, line);
+		snprintf(out, outlen, "%s", line);
 		tcpproxy_config_free(&cfg);
 		return -1;
 	}
@@ -8956,25 +9041,210 @@ run_reload(struct run *r)
 	return 0;
 }
 
-/* Writes the pid file via a temporary name and a rename; exits 1. */
+/*
+ * Replaces the file at path with text, via a temporary name and a rename,
+ * so that a reader sees the old file or the whole new one; what names the
+ * file in the message.  Exits 1 on failure.
+ */
 static void
-pid_file_write(const char *path)
+file_replace(const char *path, const char *what, const char *text)
 {
 	char tmp[PATH_MAX];
 	FILE *f;
 
 	if (snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid()) >=
 	    (int)sizeof(tmp))
-		die("cannot write pid file '%s': name too long", path);
+		die("cannot write %s '%s': name too long", what, path);
 	if ((f = fopen(tmp, "w")) == NULL)
-		die("cannot write pid file '%s': %s", path, strerror(errno));
-	if (fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0 ||
+		die("cannot write %s '%s': %s", what, path, strerror(errno));
+	if (fputs(text, f) == EOF || fclose(f) != 0 ||
 	    rename(tmp, path) == -1) {
 		int saved = errno;
 
 		(void)unlink(tmp);
-		die("cannot write pid file '%s': %s", path, strerror(saved));
+		die("cannot write %s '%s': %s", what, path, strerror(saved));
 	}
+}
+
+/* Writes the pid file; exits 1 on failure. */
+static void
+pid_file_write(const char *path)
+{
+	char text[32];
+
+	snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+	file_replace(path, "pid file", text);
+}
+
+/*
+ * Returns the ready lines, one "ADDR:PORT" (or socket path) per listener
+ * as its "listening on" line names it, in a string to free; exits 1 when
+ * out of memory.
+ */
+static char *
+ready_text(const struct tcpproxy *p)
+{
+	const char *name;
+	char *text;
+	size_t i, len = 1, at = 0;
+
+	for (i = 0; (name = tcpproxy_listener_name(p, i)) != NULL; i++)
+		len += strlen(name) + 1;
+	if ((text = malloc(len)) == NULL)
+		die("out of memory");
+	for (i = 0; (name = tcpproxy_listener_name(p, i)) != NULL; i++)
+		at += (size_t)sprintf(text + at, "%s\n", name);
+	text[at] = '\0';
+	return text;
+}
+
+/* Writes all of text to fd, across short writes; returns 0 or -1. */
+static int
+write_all(int fd, const char *text, size_t len)
+{
+	ssize_t n;
+
+	while (len > 0) {
+		if ((n = write(fd, text, len)) == -1) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		text += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/*
+ * Tells whoever waits that the proxy is up: the ready lines go to
+ * --ready-fd (then closed, so a reader sees EOF), to --port-file and to
+ * the -D parent.  Exits 1 if one of them cannot be written.
+ */
+static void
+ready_announce(struct run *r)
+{
+	const struct tcpproxy_program *o = &r->cfg.program;
+	char *text = ready_text(r->p);
+	int fd = (int)o->ready_fd;
+
+	if (o->ready_fd != 0 && (write_all(fd, text, strlen(text)) == -1 ||
+	    close(fd) == -1))
+		die("cannot write to --ready-fd %d: %s", fd, strerror(errno));
+	if (r->port_file != NULL)
+		file_replace(r->port_file, "port file", text);
+	if (r->daemon_fd >= 0) {
+		if (write_all(r->daemon_fd, text, strlen(text)) == -1)
+			die("cannot tell the -D parent: %s", strerror(errno));
+		(void)close(r->daemon_fd);
+		r->daemon_fd = -1;
+		(void)close(startup_fd);
+		startup_fd = -1;
+	}
+	free(text);
+}
+
+/*
+ * Reads fd to its end into a string to free, with its length in *len.
+ * Returns NULL if out of memory (what was read is lost: the caller
+ * fails anyway).
+ */
+static char *
+read_all(int fd, size_t *len)
+{
+	char *text = NULL, *grown;
+	size_t cap = 0;
+	ssize_t n;
+
+	*len = 0;
+	for (;;) {
+		if (cap - *len < 512) {
+			if ((grown = realloc(text, cap + 4096)) == NULL) {
+				free(text);
+				return NULL;
+			}
+			text = grown;
+			cap += 4096;
+		}
+		if ((n = read(fd, text + *len, cap - *len - 1)) == -1 &&
+		    errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		*len += (size_t)n;
+	}
+	text[*len] = '\0';
+	return text;
+}
+
+/*
+ * The -D parent: waits for the daemon's ready lines and prints them on
+ * stdout, or for its error and prints that on stderr.  Returns the
+ * parent's exit status: 0 if the daemon is up, 1 if it is not.
+ */
+static int
+daemon_wait(pid_t pid, int ready, int errors)
+{
+	char *text;
+	size_t len;
+	int status;
+
+	/* EOF comes when the daemon is ready, or when it is gone. */
+	if ((text = read_all(ready, &len)) != NULL && len > 0) {
+		if (write_all(STDOUT_FILENO, text, len) == -1) {
+			fprintf(stderr, "tcpproxy: cannot print the ready "
+			    "lines: %s\n", strerror(errno));
+			return 1;
+		}
+		return 0;
+	}
+	free(text);
+	/* Not ready: it died, and wrote why (no listener cannot be). */
+	if ((text = read_all(errors, &len)) != NULL && len > 0)
+		(void)write_all(STDERR_FILENO, text, len);
+	free(text);
+	if (waitpid(pid, &status, 0) == pid && len == 0)
+		fprintf(stderr, "tcpproxy: the daemon ended before it was "
+		    "ready, with status %d\n", WIFEXITED(status) ?
+		    WEXITSTATUS(status) : 128 + WTERMSIG(status));
+	return 1;
+}
+
+/*
+ * -D: forks; the parent stays in daemon_wait() and exits with its status,
+ * the child returns to start the proxy in a session of its own, with
+ * stdin, stdout and stderr on /dev/null so that nothing of the caller's
+ * (a $(...) pipe, a terminal) is held.  Its working directory stays, as
+ * relative paths (-f, pid file) are read again on a reload.  Exits 1 on
+ * failure.
+ */
+static void
+daemon_start(struct run *r)
+{
+	int ready[2], errors[2], null;
+	pid_t pid;
+
+	if (pipe(ready) == -1 || pipe(errors) == -1)
+		die("cannot start the daemon: %s", strerror(errno));
+	if ((pid = fork()) == -1)
+		die("cannot start the daemon: fork: %s", strerror(errno));
+	if (pid > 0) {
+		(void)close(ready[1]);
+		(void)close(errors[1]);
+		exit(daemon_wait(pid, ready[0], errors[0]));
+	}
+	(void)close(ready[0]);
+	(void)close(errors[0]);
+	r->daemon_fd = ready[1];
+	startup_fd = errors[1];
+	(void)setsid();		/* cannot fail: a child leads no group */
+	if ((null = open("/dev/null", O_RDWR)) == -1 ||
+	    dup2(null, STDIN_FILENO) == -1 ||
+	    dup2(null, STDOUT_FILENO) == -1 ||
+	    dup2(null, STDERR_FILENO) == -1)
+		die("cannot start the daemon: /dev/null: %s", strerror(errno));
+	if (null > STDERR_FILENO)
+		(void)close(null);
 }
 
 /* Removes the pid file at a clean exit, if it is still ours. */
@@ -8994,8 +9264,60 @@ pid_file_remove(const char *path)
 }
 
 /*
+ * Returns why the proxy should stop by itself now (--exit-with-parent,
+ * --lifetime), or NULL.
+ */
+static const char *
+watch_reason(const struct run *r)
+{
+	if (r->parent > 0 && (r->parent_far ? kill(r->parent, 0) == -1 &&
+	    errno == ESRCH : getppid() != r->parent))
+		return "the parent process exited";
+	if (r->end_ms > 0 && now_ms() >= r->end_ms)
+		return "the --lifetime is over";
+	return NULL;
+}
+
+/*
+ * Returns how long, in ms, the loop may wait before watch_check() must
+ * look again, or -1 for as long as it likes.
+ */
+static int
+watch_timeout(const struct run *r)
+{
+	long long t = r->parent > 0 ? WATCH_MS : -1, left;
+
+	if (r->watched)
+		return -1;
+	if (r->end_ms > 0) {
+		left = r->end_ms - now_ms();
+		left = left < 0 ? 0 : left > WATCH_MS * 1000 ?
+		    WATCH_MS * 1000 : left;
+		if (t == -1 || left < t)
+			t = left;
+	}
+	return (int)t;
+}
+
+/* Returns 1, once, when the watch says stop, after logging why; or 0. */
+static int
+watch_check(struct run *r)
+{
+	const char *why;
+	char line[128];
+
+	if (r->watched || (why = watch_reason(r)) == NULL)
+		return 0;
+	r->watched = 1;
+	snprintf(line, sizeof(line), "stopping: %s", why);
+	log_out(TCPPROXY_LOG_ERROR, line);
+	return 1;
+}
+
+/*
  * Runs the poll loop in this process, acting on the signals between
- * rounds.  Returns main's exit status.
+ * rounds; a worker leaves the watch to its parent.  Returns main's exit
+ * status.
  */
 static int
 run_loop(struct run *r, int worker)
@@ -9003,9 +9325,11 @@ run_loop(struct run *r, int worker)
 	int rc;
 
 	for (;;) {
-		rc = tcpproxy_step(r->p, -1);
+		rc = tcpproxy_step(r->p, worker ? -1 : watch_timeout(r));
 		if (rc != 1)
 			break;
+		if (!worker && watch_check(r))
+			tcpproxy_stop(r->p);	/* as SIGTERM would */
 		if (got_hup) {
 			got_hup = 0;
 			if (worker)
@@ -9125,6 +9449,7 @@ run_workers(struct run *r, int n)
 	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = on_child;
 	(void)sigaction(SIGCHLD, &sa, NULL);
+	(void)sigaction(SIGALRM, &sa, NULL);	/* wakes it for the watch */
 	/*
 	 * Blocked until sigsuspend(): a signal between fork and
 	 * tcpproxy_after_fork, or just before the parent waits, would be lost.
@@ -9136,6 +9461,7 @@ run_workers(struct run *r, int n)
 	sigaddset(&block, SIGUSR1);
 	sigaddset(&block, SIGUSR2);
 	sigaddset(&block, SIGCHLD);
+	sigaddset(&block, SIGALRM);
 	(void)sigprocmask(SIG_BLOCK, &block, &old);
 	/* The parent only supervises: its proxy holds the listeners. */
 	the_proxy = NULL;
@@ -9165,6 +9491,8 @@ run_workers(struct run *r, int n)
 			}
 		}
 wait:
+		if (watch_check(r))
+			got_stop++;
 		while (forwarded < got_stop) {
 			workers_signal(pids, npids, SIGTERM);
 			forwarded++;
@@ -9179,11 +9507,35 @@ wait:
 			break;
 		alive -= k;
 		if (alive > 0 && forwarded == got_stop && !got_hup &&
-		    !got_usr1)
+		    !got_usr1) {
+			/* A second at most, then the watch looks again. */
+			if (watch_timeout(r) >= 0)
+				(void)alarm(1);
 			(void)sigsuspend(&old);
+		}
 	}
+	(void)alarm(0);
 	free(pids);
 	return rc;
+}
+
+/*
+ * --log-file: appends stderr, and so every log line and message, to path.
+ * Exits 1 on failure.
+ */
+static void
+stderr_open(const char *path, const char *as)
+{
+	int fd;
+
+	if ((fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0666)) == -1)
+		die("cannot open --log-file '%s'%s: %s", path, as,
+		    strerror(errno));
+	if (fd != STDERR_FILENO) {
+		if (dup2(fd, STDERR_FILENO) == -1)
+			die("cannot log to '%s': %s", path, strerror(errno));
+		(void)close(fd);
+	}
 }
 
 /*
@@ -9200,6 +9552,8 @@ outputs_open(const struct tcpproxy_config *cfg, struct cli *cli)
 
 	if (o->user != NULL)
 		snprintf(as, sizeof(as), " as user '%s'", o->user);
+	if (o->log_output != NULL)
+		stderr_open(o->log_output, as);
 	if (o->dump_file != NULL && (cli->hex = fopen(o->dump_file, "w")) ==
 	    NULL)
 		die("cannot open dump file '%s'%s: %s", o->dump_file, as,
@@ -9242,6 +9596,201 @@ check_report(void *user, const char *line)
 	fprintf(stderr, "tcpproxy: %s\n", line);
 }
 
+/* ---- tcpproxy ctl: the control socket's client ---- */
+
+/*
+ * The control protocol, plain text so that socat and nc -U serve too.  A
+ * request is one line ending in "\n", its words split on blanks; a word
+ * holding a blank or '"' (or none at all) is sent in double quotes, with
+ * '"' and '\\' escaped by a '\\'.  Or a batch: "begin\n", request lines,
+ * "end\n", applied in one round of the loop.  The reply to either is zero
+ * or more data lines, then exactly one status line, "ok" or "ok TEXT" or
+ * "error: MESSAGE"; a data line never starts with "ok" or "error:".  The
+ * client then closes.  It has no timeout of its own: the server bounds a
+ * "wait" with its timeout=.
+ */
+
+#define CTL_USAGE "usage: tcpproxy ctl path command [arg ...]\n" \
+	"       tcpproxy ctl path -\n"
+
+/* Prints a ctl usage error and exits 2. */
+static NORETURN void
+ctl_usage(const char *why)
+{
+	fprintf(stderr, "tcpproxy: ctl: %s\n%s", why, CTL_USAGE);
+	exit(2);
+}
+
+/*
+ * Prints "tcpproxy: ctl: WHAT 'PATH': strerror" (no PATH if NULL) and
+ * exits 2.
+ */
+static NORETURN void
+ctl_fail(const char *path, const char *what, int err)
+{
+	if (path != NULL)
+		fprintf(stderr, "tcpproxy: ctl: %s '%s': %s\n", what, path,
+		    strerror(err));
+	else
+		fprintf(stderr, "tcpproxy: ctl: %s: %s\n", what,
+		    strerror(err));
+	exit(2);
+}
+
+/*
+ * Returns the request line for words[0..n), each quoted as it needs, in
+ * a string to free.  Exits 2 if a word holds a line break, which no line
+ * can carry.
+ */
+static char *
+ctl_request_line(char *const words[], int n)
+{
+	char *line, *q;
+	size_t len = 2;
+	int i;
+
+	for (i = 0; i < n; i++)
+		len += 2 * strlen(words[i]) + 3;
+	if ((line = malloc(len)) == NULL)
+		ctl_fail(NULL, "out of memory", ENOMEM);
+	q = line;
+	for (i = 0; i < n; i++) {
+		const char *w = words[i];
+		int quote = *w == '\0' || strpbrk(w, " \t\"") != NULL;
+
+		if (strpbrk(w, "\n\r") != NULL)
+			ctl_usage("a word holds a line break");
+		if (i > 0)
+			*q++ = ' ';
+		if (quote)
+			*q++ = '"';
+		for (; *w != '\0'; w++) {
+			if (quote && (*w == '"' || *w == '\\'))
+				*q++ = '\\';
+			*q++ = *w;
+		}
+		if (quote)
+			*q++ = '"';
+	}
+	*q++ = '\n';
+	*q = '\0';
+	return line;
+}
+
+/*
+ * Returns a batch made of the lines of f, "begin\n" and "end\n" around
+ * those that are not blank, in a string to free; exits 2 on failure.
+ */
+static char *
+ctl_request_batch(FILE *f)
+{
+	char *batch, *line = NULL, *grown;
+	size_t len, cap = 0, at;
+	ssize_t n;
+
+	if ((batch = strdup("begin\n")) == NULL)
+		ctl_fail(NULL, "out of memory", ENOMEM);
+	at = strlen(batch);
+	while ((n = getline(&line, &cap, f)) != -1) {
+		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+			line[--n] = '\0';
+		if (strspn(line, " \t") == (size_t)n)
+			continue;
+		len = at + (size_t)n + sizeof("\nend\n");
+		if ((grown = realloc(batch, len)) == NULL)
+			ctl_fail(NULL, "out of memory", ENOMEM);
+		batch = grown;
+		at += (size_t)sprintf(batch + at, "%s\n", line);
+	}
+	if (ferror(f))
+		ctl_fail(NULL, "cannot read the batch", errno);
+	free(line);
+	if ((grown = realloc(batch, at + sizeof("end\n"))) == NULL)
+		ctl_fail(NULL, "out of memory", ENOMEM);
+	strcpy(grown + at, "end\n");
+	return grown;
+}
+
+/* Returns a stream connected to the Unix socket path; exits 2 if not. */
+static FILE *
+ctl_connect(const char *path)
+{
+	struct sockaddr_un sun;
+	FILE *f;
+	int fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path))
+		ctl_fail(path, "cannot connect to", ENAMETOOLONG);
+	strcpy(sun.sun_path, path);
+	if ((fd = socket(AF_UNIX, SOCK_STREAM, 0)) == -1)
+		ctl_fail(path, "cannot connect to", errno);
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1 ||
+	    (f = fdopen(fd, "r")) == NULL)
+		ctl_fail(path, "cannot connect to", errno);
+	return f;
+}
+
+/*
+ * tcpproxy ctl PATH COMMAND... | -: sends one request (or a batch from
+ * stdin) to the control socket PATH, prints the reply's data lines, and
+ * the TEXT of "ok TEXT", on stdout.  Returns 0 for "ok", 1 for "error"
+ * (the line goes to stderr); exits 2 when the proxy cannot be reached or
+ * hangs up before its status line.
+ */
+static int
+ctl_main(int argc, char *argv[])
+{
+	const char *path = argc > 0 ? argv[0] : NULL;
+	struct sigaction sa;
+	char *req, *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	FILE *f;
+	int rc = -1;
+
+	if (argc < 2 || *path == '\0')
+		ctl_usage(argc < 1 || *path == '\0' ? "needs the control "
+		    "socket's path" : "needs a command, or - for a batch");
+	req = argc == 2 && strcmp(argv[1], "-") == 0 ? ctl_request_batch(stdin) :
+	    ctl_request_line(argv + 1, argc - 1);
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = SIG_IGN;	/* a socket closed on us: EPIPE */
+	(void)sigaction(SIGPIPE, &sa, NULL);
+	f = ctl_connect(path);
+	if (write_all(fileno(f), req, strlen(req)) == -1)
+		ctl_fail(path, "cannot send to", errno);
+	free(req);
+	while (rc == -1 && (n = getline(&line, &cap, f)) != -1) {
+		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+			line[--n] = '\0';
+		if (strcmp(line, "ok") == 0)
+			rc = 0;
+		else if (strncmp(line, "ok ", 3) == 0)
+			rc = printf("%s\n", line + 3) < 0;
+		else if (strncmp(line, "error", 5) == 0 &&
+		    (line[5] == '\0' || line[5] == ':' || line[5] == ' ')) {
+			fprintf(stderr, "%s\n", line);
+			rc = 1;
+		} else
+			printf("%s\n", line);
+	}
+	if (rc == -1 && ferror(f))
+		ctl_fail(path, "cannot read the reply from", errno);
+	if (rc == -1) {
+		fprintf(stderr, "tcpproxy: ctl: '%s' hung up before the "
+		    "status line\n", path);
+		exit(2);
+	}
+	free(line);
+	fclose(f);
+	if (fflush(stdout) == EOF)
+		return 1;
+	return rc;
+}
+
 #ifndef TCPPROXY_FUZZ
 int
 main(int argc, char *argv[])
@@ -9254,8 +9803,12 @@ main(int argc, char *argv[])
 	char err[ERRLEN];
 	int rc;
 
+	/* A local host named ctl would be written ctl:PORT. */
+	if (argc > 1 && strcmp(argv[1], "ctl") == 0)
+		return ctl_main(argc - 2, argv + 2);
 	r.argc = argc - 1;
 	r.argv = argv + 1;
+	r.daemon_fd = -1;
 	if (run_parse(&r, &r.cfg, err) == -1) {
 		const char *f = r.cfg.program.config_file;
 
@@ -9271,6 +9824,11 @@ main(int argc, char *argv[])
 		help();
 		return 0;
 	}
+	/* One proxy, one state: N workers would each keep their own faults
+	 * and counters, and answer for one N-th of the clients. */
+	if (r.cfg.control != NULL && o->workers > 1)
+		usage_error("--control needs -w 1: each worker would have "
+		    "faults and counters of its own");
 	if (o->version) {
 		printf("tcpproxy %s\n", TCPPROXY_VERSION);
 		return 0;
@@ -9287,7 +9845,9 @@ main(int argc, char *argv[])
 	/* A reload frees the config's strings; these are the process's. */
 	if ((o->dump_dir != NULL && (cli->dump_dir = strdup(o->dump_dir))
 	    == NULL) || (o->pid_file != NULL &&
-	    (r.pid_file = strdup(o->pid_file)) == NULL))
+	    (r.pid_file = strdup(o->pid_file)) == NULL) ||
+	    (o->port_file != NULL && (r.port_file = strdup(o->port_file)) ==
+	    NULL))
 		die("out of memory");
 	cli->cfg = &r.cfg;
 	r.hooks.user = cli;
@@ -9301,6 +9861,14 @@ main(int argc, char *argv[])
 		r.hooks.on_accept = NULL;
 	if (o->log_file != NULL)
 		r.hooks.on_refuse = cli_refuse;
+	/* Before -D: its parent to outlive is the one that ran it. */
+	if (o->exit_with_parent)
+		r.parent = getppid();
+	r.parent_far = o->daemon;
+	if (o->lifetime > 0)
+		r.end_ms = now_ms() + secs_to_ms(o->lifetime);
+	if (o->daemon)
+		daemon_start(&r);
 
 	if (signals_catch() == -1)
 		die("sigaction: %s", strerror(errno));
@@ -9332,6 +9900,8 @@ main(int argc, char *argv[])
 	else if (geteuid() == 0)
 		log_out(TCPPROXY_LOG_ERROR, "warning: running as root; "
 		    "consider --user");
+	/* Last: once a waiter hears of it, it all holds, the pid file too. */
+	ready_announce(&r);
 	if (o->workers > 1) {
 		rc = run_workers(&r, (int)o->workers);
 	} else {
@@ -9341,8 +9911,12 @@ main(int argc, char *argv[])
 	}
 	tcpproxy_free(r.p);
 	pid_file_remove(r.pid_file);
+	if (r.port_file != NULL)
+		(void)unlink(r.port_file);	/* best effort, as a stale one
+						 * is only misleading */
 	tcpproxy_config_free(&r.cfg);
 	free(r.pid_file);
+	free(r.port_file);
 	free((char *)cli->dump_dir);
 	return rc;
 }

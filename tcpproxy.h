@@ -275,6 +275,12 @@ struct tcpproxy_program {
 	int help, version;		/* -h, -V */
 	int log_time;			/* --log-time: RFC 3339 UTC prefix */
 	int log_syslog;			/* --syslog: to syslog(), not stderr */
+	const char *log_output;		/* --log-file: stderr appended there */
+	const char *port_file;		/* --port-file: the ready lines */
+	unsigned long ready_fd;		/* --ready-fd: the same; 0: none */
+	double lifetime;		/* --lifetime: stop after; 0: never */
+	int daemon;			/* -D: run in the background */
+	int exit_with_parent;		/* --exit-with-parent */
 };
 
 /*
@@ -458,6 +464,14 @@ int tcpproxy_after_fork(struct tcpproxy *p, int worker);
 
 /* Returns the port the proxy's first listener has (after port "0"). */
 int tcpproxy_bound_port(const struct tcpproxy *p);
+
+/*
+ * Returns the address listener i (from 0) is bound to, as its "listening
+ * on" line names it: "127.0.0.1:8080", "[::1]:8080", or a Unix socket's
+ * path; NULL past the last one.  Valid until the next reload or
+ * tcpproxy_free().
+ */
+const char *tcpproxy_listener_name(const struct tcpproxy *p, size_t i);
 
 /* Returns the number of open bridges. */
 unsigned long tcpproxy_bridges(const struct tcpproxy *p);
