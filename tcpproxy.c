@@ -123,11 +123,26 @@
  * their client dropped.
  * Flows paused by --rate sit on an unordered list, walked only while some
  * flow is paused, and health checks keep their next time on their
- * backend.  The next deadline is found by a walk over the services,
- * cheap next to a poll() of their listeners; a heap would pay off only
- * with many more kinds of deadline (see DESIGN.md).  Times are monotonic
- * milliseconds, but for the busy-poll and cold-sweep pacing, in
- * microseconds.
+ * backend.  The next of these deadlines is found by a walk over the
+ * services, cheap next to a poll() of their listeners.  Faults' deadlines
+ * (a delayed chunk, a slice's gap, a held EOF, a reset's time) are many
+ * and not uniform, so each bridge with faults has one entry, its
+ * earliest, in a binary min-heap, whose top poll() waits for.  Times are
+ * monotonic milliseconds, but for the busy-poll and cold-sweep pacing,
+ * in microseconds.
+ *
+ * Faults (--fault, and the control socket's add) are stages a bridge of
+ * a faulty service passes through at four points of the relay: room (how
+ * much may be read: stall, rate, close=N's cap), chunk (what was read
+ * becomes: drop, corrupt, and when it may go: delay), release (how much
+ * may be written now: held chunks, slices) and end (slowclose, and the
+ * one-shot faults checked as a bridge settles).  Each point is one test
+ * of b->fx, so a service without faults pays that test and nothing more.
+ * Which faults act on a bridge is decided once, when it meets them, from
+ * a generator of our own seeded by --seed: the same seed and traffic give
+ * the same faults on any libc.  The control socket is served by the same
+ * poll loop, with pollfds after the health checks'; a "wait" is answered
+ * at the end of the first round in which its condition holds.
  *
  * Every input speaks one grammar: the command line, a config file line
  * (exactly the words one would type after tcpproxy) and the library's
