@@ -496,7 +496,7 @@ enum {
 	F_NACTIONS
 };
 
-#define FAULT_MARKS 32			/* delayed chunks held per flow */
+#define FAULT_MARKS 16			/* delayed chunks held per flow */
 #define FAULT_MAX 16			/* faults acting on one bridge */
 #define NO_SLOT ((size_t)-1)
 
@@ -557,7 +557,8 @@ struct faults {
 	size_t mhead[2], mlen[2];
 	long long eof_at[2];		/* slowclose: EOF from s held till */
 	long long connect_at;		/* connect-delay: connect then */
-	struct bfault f[FAULT_MAX];
+	size_t cap;			/* room in f[] */
+	struct bfault f[];		/* grown as faults are added */
 };
 
 /* How a service is down (the control socket's down command). */
@@ -3670,9 +3671,31 @@ fault_attach(struct tcpproxy *p, struct bridge *b, struct fault *f)
 	struct bfault *bf;
 	int s;
 
-	if (fx == NULL) {
-		if ((fx = calloc(1, sizeof(*fx))) == NULL)
+	if (fx != NULL && fx->n == fx->cap && fx->cap < FAULT_MAX) {
+		/* The heap holds the bridge, not its fault state: it may move. */
+		size_t cap = 2 * fx->cap < FAULT_MAX ? 2 * fx->cap : FAULT_MAX;
+
+		if ((fx = realloc(fx, sizeof(*fx) + cap * sizeof(fx->f[0]))) ==
+		    NULL)
 			return -1;
+		fx->cap = cap;
+		b->fx = fx;
+	}
+	if (fx == NULL) {
+		struct fault *g;
+		size_t cap = 0;
+
+		/* Room for the faults of its service, as they are now. */
+		for (g = b->svc->faults; g != NULL; g = g->next)
+			cap++;
+		if (cap < 2)
+			cap = 2;
+		if (cap > FAULT_MAX)
+			cap = FAULT_MAX;
+		if ((fx = calloc(1, sizeof(*fx) + cap * sizeof(fx->f[0]))) ==
+		    NULL)
+			return -1;
+		fx->cap = cap;
 		fx->nth = b->svc->st->total;
 		fx->hidx = NO_SLOT;
 		fx->due = LLONG_MAX;
