@@ -621,6 +621,7 @@ struct bridge {
 	long long start_ms, last;	/* ms, monotonic */
 	struct flow flow[2];
 	unsigned long id;
+	unsigned long nth;		/* its number in its service, from 1 */
 	void *hook_data;
 	unsigned char key[KEY_LEN];	/* the client's address */
 	char client[ADDR_NAME_MAX];
@@ -2807,7 +2808,7 @@ bridge_start(struct tcpproxy *p, struct bridge *b, const char *sni)
 	struct service *svc = b->svc;
 	long long delay;
 
-	svc->st->total++;
+	b->nth = ++svc->st->total;
 	b->state = BRIDGE_CONNECTING;	/* server_connect says what it is */
 	timer_unlink(p, b);
 	if (svc->faults != NULL)
@@ -3126,6 +3127,9 @@ bridge_open(struct tcpproxy *p, struct listener *l, int cfd,
 	if (b->flags & B_HANG) {
 		/* Down as hang: a black hole that reads and drops. */
 		svc->st->open++;
+		b->nth = ++svc->st->total;
+		say(p, TCPPROXY_LOG_INFO, "hang id=%lu%s client=%s%s", b->id,
+		    p->worker, b->client, svc->tag);
 		b->state = BRIDGE_PREAMBLE;
 		snprintf(b->server, sizeof(b->server), "-");
 		(void)bridge_settle(p, b);
@@ -3293,7 +3297,9 @@ fault_key(struct fault *f, const char *key, const char *val, char *err,
 			f->after_time = 1;
 			f->after = (unsigned long long)ms;
 		} else {
-			goto bad;
+			return failed(err, errlen, EINVAL, "invalid after '%s' "
+			    "in fault '%s': bytes (100, 4k), or a time with its "
+			    "unit (500ms, 2s)", val, fault_actions[a]);
 		}
 	} else if (strcmp(key, "for") == 0) {
 		if (fault_time(val, &f->for_ms) == -1 || f->for_ms == 0)
@@ -3700,7 +3706,7 @@ fault_attach(struct tcpproxy *p, struct bridge *b, struct fault *f)
 		    NULL)
 			return -1;
 		fx->cap = cap;
-		fx->nth = b->svc->st->total;
+		fx->nth = b->nth;
 		fx->hidx = NO_SLOT;
 		fx->due = LLONG_MAX;
 		for (s = CLIENT; s <= SERVER; s++)
@@ -4639,9 +4645,10 @@ ctl_run(struct tcpproxy *p, struct ctl *c, char *words[], int n, int apply,
 			if (i < n && strcmp(words[i], down_modes[m]) == 0)
 				break;
 		if (m == DOWN_NMODES)
-			return failed(err, errlen, EINVAL, "unknown down mode "
-			    "'%s' (refuse, hang, reset, timeout)", i < n ?
-			    words[i] : "");
+			return failed(err, errlen, EINVAL, i < n ? "unknown down "
+			    "mode '%s' (refuse, hang, reset, timeout)" : "down "
+			    "needs a mode%s: refuse, hang, reset or timeout",
+			    i < n ? words[i] : "");
 		how = i + 1 < n ? ctl_existing(words[i + 1]) : 0;
 		if (how == -1)
 			return failed(err, errlen, EINVAL, "invalid '%s': not "
@@ -6813,9 +6820,20 @@ engine_switch(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 	checks_close(p);
 	for (svc = head; svc != NULL; svc = svc->next)
 		service_inherit(p, svc);
-	for (i = 0; i < p->nlisten; i++)
-		if (!p->lis[i].kept)
-			listener_close(&p->lis[i]);
+	for (i = 0; i < p->nlisten; i++) {
+		struct listener *l = &p->lis[i];
+
+		if (!l->kept) {
+			listener_close(l);
+			continue;
+		}
+		/* A reload brings a service that was down up again. */
+		if ((l->svc->down == DOWN_REFUSE ||
+		    l->svc->down == DOWN_TIMEOUT) &&
+		    listen(l->fd, TCPPROXY_BACKLOG) == -1)
+			say(p, TCPPROXY_LOG_ERROR, "reload: cannot listen on %s "
+			    "again: %s", l->a.name, strerror(errno));
+	}
 	free(p->lis);
 	p->lis = lis;
 	p->nlisten = nlis;
