@@ -80,7 +80,7 @@ echo_ok() {
 	ctl_ok add delay=600ms,dir=down
 	stream_send b
 	time_until 5 has_bytes "$T/s.out" 2
-	in_range 600 "$TOOK" 4000
+	in_range $((600 - SLACK)) "$TOOK" 4000
 	has_line "$PROXY_LOG" ' fault id=1 name=delay action=delay dir=down offset=1$'
 }
 
@@ -413,11 +413,11 @@ echo_ok() {
 	took=$(ms_since "$t0")
 	[ "$RC" -eq 1 ]
 	[ "$(cat "$T/ctl.err")" = "error: timeout: accepted>=100 is 0" ]
-	in_range 300 "$took" 3000
+	in_range $((300 - SLACK)) "$took" 3000
 	t0=$(now_ms)
 	pctl wait open==1 timeout=300ms
 	[ "$RC" -eq 1 ]
-	in_range 300 "$(ms_since "$t0")" 3000
+	in_range $((300 - SLACK)) "$(ms_since "$t0")" 3000
 }
 
 @test "wait knows every counter and operator" {

@@ -30,11 +30,11 @@ one_bit_flip() {
 	stream_open s "$PROXY_PORT"
 	stream_send a
 	time_until 5 has_bytes "$T/s.out" 1
-	in_range 300 "$TOOK" 3000
+	in_range $((300 - SLACK)) "$TOOK" 3000
 	# Every chunk, not only the first.
 	stream_send b
 	time_until 5 has_bytes "$T/s.out" 2
-	in_range 300 "$TOOK" 3000
+	in_range $((300 - SLACK)) "$TOOK" 3000
 	[ "$(cat "$T/s.out")" = ab ]
 	[ "$(fault_lines "$PROXY_LOG" delay)" -eq 1 ]
 	has_line "$PROXY_LOG" '^tcpproxy: fault id=1 name=delay action=delay dir=down offset=0$'
@@ -46,14 +46,14 @@ one_bit_flip() {
 	stream_open s "$PROXY_PORT"
 	stream_send a
 	time_until 5 has_bytes "$T/s.out" 1
-	in_range 250 "$TOOK" 3000
+	in_range $((250 - SLACK)) "$TOOK" 3000
 	has_line "$PROXY_LOG" ' fault id=1 name=delay action=delay dir=up offset=0$'
 	stream_end
 	fault_proxy --fault delay=250ms
 	stream_open t "$PROXY_PORT"
 	stream_send a
 	time_until 5 has_bytes "$T/t.out" 1
-	in_range 500 "$TOOK" 4000
+	in_range $((500 - SLACK)) "$TOOK" 4000
 	[ "$(fault_lines "$PROXY_LOG" delay)" -eq 2 ]
 	has_line "$PROXY_LOG" ' fault id=1 name=delay action=delay dir=up offset=0$'
 	has_line "$PROXY_LOG" ' fault id=1 name=delay action=delay dir=down offset=0$'
@@ -77,7 +77,7 @@ ttfb_check() {
 	stream_open "s$1" "$PROXY_PORT"
 	stream_send a
 	time_until 5 has_bytes "$T/s$1.out" 1
-	in_range 600 "$TOOK" 4000
+	in_range $((600 - SLACK)) "$TOOK" 4000
 	stream_send b
 	time_until 5 has_bytes "$T/s$1.out" 2
 	in_range 0 "$TOOK" 500
@@ -131,7 +131,7 @@ upload() {
 	fault_proxy --fault rate=10k,dir=down
 	download 10240
 	# 10 KiB at 10 KiB/s, less a burst of 1/20 s.
-	in_range 850 "$TOOK" 6000
+	in_range $((850 - SLACK)) "$TOOK" 6000
 	has_line "$PROXY_LOG" ' fault id=1 name=rate action=rate dir=down offset=0$'
 }
 
@@ -139,7 +139,7 @@ upload() {
 	start_backend sink
 	fault_proxy -H --fault rate=10k,dir=up
 	upload 10240
-	in_range 850 "$TOOK" 6000
+	in_range $((850 - SLACK)) "$TOOK" 6000
 	has_line "$PROXY_LOG" ' fault id=1 name=rate action=rate dir=up offset=0$'
 }
 
@@ -148,12 +148,12 @@ upload() {
 	fault_proxy --fault slice=100,gap=100ms,dir=down
 	download 1000
 	# Ten slices: nine gaps at least.
-	in_range 900 "$TOOK" 6000
+	in_range $((900 - SLACK)) "$TOOK" 6000
 	has_line "$PROXY_LOG" ' fault id=1 name=slice action=slice dir=down offset=0$'
 	start_backend sink
 	fault_proxy -H --fault slice=100,gap=100ms,dir=up
 	upload 1000
-	in_range 900 "$TOOK" 6000
+	in_range $((900 - SLACK)) "$TOOK" 6000
 	has_line "$PROXY_LOG" ' fault id=1 name=slice action=slice dir=up offset=0$'
 }
 
@@ -170,7 +170,7 @@ upload() {
 	start_backend source 400
 	fault_proxy --fault delay=300ms,dir=down --fault slice=100,gap=100ms,dir=down
 	download 400
-	in_range 600 "$TOOK" 6000
+	in_range $((600 - SLACK)) "$TOOK" 6000
 	[ "$(fault_lines "$PROXY_LOG" delay)" -eq 1 ]
 	[ "$(fault_lines "$PROXY_LOG" slice)" -eq 1 ]
 }
@@ -278,7 +278,7 @@ conn_has() {
 	stream_open s "$PROXY_PORT" -a 20
 	time_until 5 is_gone "$STREAM_PID"
 	# From before the connect: the reset counts from accept.
-	in_range 400 "$(ms_since "$STREAM_T0")" 4000
+	in_range $((400 - SLACK)) "$(ms_since "$STREAM_T0")" 4000
 	grep -q 'read: Connection reset by peer' "$T/s.err"
 	# The server side was reset too.
 	wait_for 10 has_line "$BACKEND_OUT" '^recv '
@@ -309,7 +309,7 @@ conn_has() {
 	[ ! -s "$T/s.err" ]
 	wait_for 10 has_line "$PROXY_LOG" ' close id=1 '
 	dur=$(sed -n 's/.* close id=1 .* duration=\([0-9.]*\) .*/\1/p' "$PROXY_LOG")
-	in_range 400 "$(awk "BEGIN { print int($dur * 1000) }")" 4000
+	in_range $((400 - SLACK)) "$(awk "BEGIN { print int($dur * 1000) }")" 4000
 	has_line "$PROXY_LOG" ' fault id=1 name=timeout action=timeout dir=both offset=2$'
 	has_line "$PROXY_LOG" ' close id=1 .*reason=fault'
 }
@@ -322,7 +322,7 @@ conn_has() {
 	stream_open s "$PROXY_PORT"
 	stream_send abc
 	time_until 5 has_bytes "$T/s.out" 3
-	in_range 600 "$(ms_since "$STREAM_T0")" 4000
+	in_range $((600 - SLACK)) "$(ms_since "$STREAM_T0")" 4000
 	[ "$(cat "$T/s.out")" = abc ]
 	has_line "$PROXY_LOG" ' fault id=1 name=stall action=stall dir=up offset=0$'
 	# Lifted for good: the next bytes pass at once.
@@ -452,7 +452,7 @@ one_flip() {
 	time_until 5 is_gone "$STREAM_PID"
 	wait_for 10 has_line "$PROXY_LOG" ' close id=1 '
 	dur=$(sed -n 's/.* close id=1 .* duration=\([0-9.]*\) .*/\1/p' "$PROXY_LOG")
-	in_range 700 "$(awk "BEGIN { print int($dur * 1000) }")" 5000
+	in_range $((700 - SLACK)) "$(awk "BEGIN { print int($dur * 1000) }")" 5000
 	has_line "$PROXY_LOG" ' fault id=1 name=slowclose action=slowclose dir=down offset=100$'
 }
 
@@ -465,7 +465,7 @@ one_flip() {
 	took=$(ms_since "$t0")
 	echo "$output; took $took"
 	[ "${lines[1]}" = "recv $(pattern_sum 10)" ]
-	in_range 700 "$took" 5000
+	in_range $((700 - SLACK)) "$took" 5000
 	has_line "$PROXY_LOG" ' fault id=1 name=slowclose action=slowclose dir=up offset=3$'
 }
 
@@ -477,7 +477,7 @@ one_flip() {
 	ctl_ok conns
 	grep -q ' up=0 down=0 ' "$T/ctl.out"
 	time_until 5 has_bytes "$T/s.out" 1
-	in_range 500 "$(ms_since "$STREAM_T0")" 4000
+	in_range $((500 - SLACK)) "$(ms_since "$STREAM_T0")" 4000
 	has_line "$PROXY_LOG" ' fault id=1 name=connect-delay action=connect-delay dir=both offset=0$'
 	[ "$(fault_lines "$PROXY_LOG" connect-delay)" -eq 1 ]
 }
