@@ -549,3 +549,170 @@ start_unix_proxy() {
 		return 1
 	}
 }
+
+# ---- faults and the control socket (issue 11) ----
+
+# SLACK: milliseconds a time's lower bound allows.  The proxy reads its
+# clock once a loop round, so a chunk read late in a round is stamped a
+# little early (seen under ASan: a 250 ms delay measured as 246 ms).
+SLACK=10
+
+# fault_proxy [ARGS...]: a proxy in front of the last backend with a
+# control socket, $T/cN.sock for the Nth proxy (CTL), and ARGS; sets
+# what start_proxy sets.
+fault_proxy() {
+	CTL=$T/c$((PROXIES + 1)).sock
+	proxy_to_backend --control "$CTL" "$@"
+}
+
+# pctl ARGS...: tcpproxy ctl $CTL ARGS, stdout in $T/ctl.out, stderr in
+# $T/ctl.err, the status in RC; prints both (for a failing test's log).
+pctl() {
+	RC=0
+	$LIMIT "$TCPPROXY" ctl "$CTL" "$@" >"$T/ctl.out" 2>"$T/ctl.err" ||
+	    RC=$?
+	cat "$T/ctl.out" "$T/ctl.err"
+}
+
+# ctl_ok ARGS...: pctl ARGS, which must exit 0.
+ctl_ok() {
+	pctl "$@"
+	[ "$RC" -eq 0 ]
+}
+
+# ctl_err TEXT ARGS...: pctl ARGS, which must exit 1 with one line on
+# stderr, "error: ..." containing TEXT (a fixed string), and nothing on
+# stdout.
+ctl_err() {
+	local text=$1
+	shift
+	pctl "$@"
+	[ "$RC" -eq 1 ]
+	[ ! -s "$T/ctl.out" ]
+	[ "$(lines_in "$T/ctl.err")" -eq 1 ]
+	grep -q '^error: ' "$T/ctl.err"
+	grep -Fq -- "$text" "$T/ctl.err"
+}
+
+# ctl_wait EXPR [SECS]: the proxy's own wait (10 s unless SECS), which
+# must hold in time.
+ctl_wait() {
+	ctl_ok wait "$1" "timeout=${2:-10}"
+}
+
+# pattern_run N CLIENT-OPTIONS...: test/client OPTIONS against a fresh
+# test/backend "source N" of its own: the first N bytes of the test
+# pattern (the programs' own code makes them; a loop in the shell would
+# be slow under bats' traps).
+PATTERNS=0
+pattern_run() {
+	local n=$1 pid port name
+	shift
+	# Unique in a $(...) too, whose count is lost.
+	PATTERNS=$((PATTERNS + 1))
+	name=pattern$BASHPID.$PATTERNS
+	spawn group "$name" "$BACKEND" source "$n"
+	pid=$SPAWNED
+	port=$(ready_port "$T/$name.err")
+	"$CLIENT" -a 20 "$@" 127.0.0.1 "$port" </dev/null
+	kill -TERM -- "-$pid" 2>/dev/null || true
+}
+
+# pattern_sum N: prints "N CKSUM" for the first N bytes of the pattern,
+# as the backend's and the client's report lines give it.
+pattern_sum() {
+	pattern_run "$1" -r | sed -n 's/^recv //p'
+}
+
+# pattern_file N FILE: writes the first N bytes of the pattern to FILE.
+pattern_file() {
+	pattern_run "$1" >"$2"
+}
+
+# size_of FILE: prints FILE's size in bytes (0 if missing).
+size_of() {
+	local n=0
+	[ ! -f "$1" ] || n=$(wc -c <"$1")
+	echo $((n))
+}
+
+# has_bytes FILE N: FILE holds at least N bytes.
+has_bytes() {
+	[ "$(size_of "$1")" -ge "$2" ]
+}
+
+# ms_since T0: prints the milliseconds since now_ms said T0.
+ms_since() {
+	echo $(($(now_ms) - $1))
+}
+
+# stream_open NAME PORT [CLIENT OPTIONS...]: starts test/client on
+# 127.0.0.1 PORT with its stdin the fifo $T/NAME.in, held open for
+# writing on descriptor 4 (which spawn closes in every other child and
+# teardown closes), and its bytes received in $T/NAME.out; sets
+# STREAM_PID, and STREAM_T0 to now_ms before it connected.  stream_send
+# writes to it, stream_end closes it.
+stream_open() {
+	local name=$1 port=$2
+	shift 2
+	STREAM_T0=$(now_ms)
+	rm -f "$T/$name.in"
+	mkfifo "$T/$name.in"
+	SPAWN_STDIN=$T/$name.in spawn single "$name" "$CLIENT" "$@" \
+	    127.0.0.1 "$port"
+	STREAM_PID=$SPAWNED
+	exec 4>"$T/$name.in"
+}
+
+# stream_send TEXT: sends TEXT (printf's format) on the open stream.
+stream_send() {
+	printf "$1" >&4
+}
+
+# stream_end: closes the stream's input (the client's EOF on stdin).
+stream_end() {
+	exec 4>&-
+}
+
+# time_until SECS CMD...: polls CMD fast until it holds (failing after
+# SECS) and sets TOOK to the milliseconds it took.
+time_until() {
+	local t0 secs=$1
+	shift
+	t0=$(now_ms)
+	WAIT_INTERVAL=$FAST_POLL_INTERVAL wait_for "$secs" "$@"
+	TOOK=$(ms_since "$t0")
+	echo "took ${TOOK} ms: $*"
+}
+
+# fault_lines FILE NAME [ACTION]: prints how many "fault" log lines in
+# FILE are of the fault called NAME.
+fault_lines() {
+	count_lines "$1" " fault id=[0-9]+ name=$2 action=${3:-[a-z-]+} "
+}
+
+# fault_ids FILE NAME: prints the bridge ids fault NAME acted on, in
+# order, one a line, each once.
+fault_ids() {
+	sed -n "s/.* fault id=\\([0-9]*\\) name=$2 .*/\\1/p" "$1" | sort -n -u
+}
+
+# closes_with FILE REASON: prints how many close lines of FILE have
+# reason=REASON.
+closes_with() {
+	count_lines "$1" " close id=.* reason=$2( |\$)"
+}
+
+# in_range LO V HI: LO <= V <= HI, saying so when not.
+in_range() {
+	if [ "$2" -lt "$1" ] || [ "$2" -gt "$3" ]; then
+		echo "$2 is not within $1..$3" >&2
+		return 1
+	fi
+}
+
+# files_differ A B: files A and B both exist and differ (a bare "! cmp"
+# would not fail a test).
+files_differ() {
+	[ -f "$1" ] && [ -f "$2" ] && ! cmp -s "$1" "$2"
+}
