@@ -579,6 +579,14 @@ struct ctl {
 	char *lines[TCPPROXY_CTL_BATCH];
 	char batchbuf[16 * 1024];
 	size_t nbatch;
+	/* While a batch is checked: the names its earlier lines add and
+	 * delete (a name "*" deletes all), per service. */
+	struct {
+		const struct service *svc;
+		char name[40];
+		int added;
+	} pend[TCPPROXY_CTL_BATCH];
+	int npend;
 	char wait[128];			/* a wait's condition, or "" */
 	long long wait_until;		/* ms */
 	int reload;			/* a reload to do, then answer */
@@ -3847,7 +3855,8 @@ fault_chunk(struct tcpproxy *p, struct bridge *b, int s, char *data,
 {
 	struct faults *fx = b->fx;
 	unsigned long long at = fx->queued[s];
-	long long release = 0;
+	/* Not the round's clock: a delay is never shorter than asked. */
+	long long release = 0, now = now_ms();
 	size_t k;
 
 	for (k = 0; k < fx->n && len > 0; k++) {
@@ -3879,8 +3888,8 @@ fault_chunk(struct tcpproxy *p, struct bridge *b, int s, char *data,
 				    1)) - f->jitter_ms;
 			if (d < 0)
 				d = 0;
-			if (p->now + d > release)
-				release = p->now + d;
+			if (now + d > release)
+				release = now + d;
 			fault_first(p, b, bf, s, at);
 			break;
 		default:
@@ -4231,6 +4240,10 @@ service_down(struct tcpproxy *p, struct service *svc, int mode, char *err,
 			return failed(err, errlen, saved, "down: cannot bind "
 			    "%s again: %s", l->a.name, strerror(saved));
 		}
+		/* Nobody else may take it: not even with SO_REUSEADDR. */
+		one = 0;
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
+		    sizeof(one));
 		l->fd = fd;
 		l->owner = getpid();
 	}
@@ -4250,9 +4263,13 @@ service_up(struct tcpproxy *p, struct service *svc, char *err,
 	for (i = 0; i < p->nlisten; i++) {
 		struct listener *l = &p->lis[i];
 
+		int one = 1;
+
 		if (l->svc != svc || l->fd < 0 ||
 		    (svc->down != DOWN_REFUSE && svc->down != DOWN_TIMEOUT))
 			continue;
+		(void)setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one,
+		    sizeof(one));
 		if (listen(l->fd, TCPPROXY_BACKLOG) == -1)
 			return failed(err, errlen, errno, "up: cannot listen on "
 			    "%s: %s", l->a.name, strerror(errno));
@@ -4498,10 +4515,39 @@ ctl_conns(struct tcpproxy *p, struct ctl *c)
 	}
 }
 
+/*
+ * Returns whether svc has a fault called name, as the batch being
+ * checked (c->pend) would leave it.
+ */
+static int
+ctl_has(const struct ctl *c, const struct service *svc, const char *name)
+{
+	int k, has = fault_find(svc->faults, NULL, name) != NULL;
+
+	for (k = 0; k < c->npend; k++)
+		if (c->pend[k].svc == svc && (strcmp(c->pend[k].name, name) ==
+		    0 || (!c->pend[k].added && strcmp(c->pend[k].name, "*") ==
+		    0)))
+			has = c->pend[k].added;
+	return has;
+}
+
+/* Notes a name a checked line of a batch adds or deletes. */
+static void
+ctl_pend(struct ctl *c, const struct service *svc, const char *name,
+    int added)
+{
+	if (c->npend == TCPPROXY_CTL_BATCH)
+		return;
+	c->pend[c->npend].svc = svc;
+	snprintf(c->pend[c->npend].name, sizeof(c->pend[0].name), "%s", name);
+	c->pend[c->npend++].added = added;
+}
+
 /* Adds a fault to svc, and to its open bridges.  0, or -1 with err. */
 static int
-ctl_add(struct tcpproxy *p, struct service *svc, const char *spec,
-    int apply, char *err, size_t errlen)
+ctl_add(struct tcpproxy *p, struct ctl *c, struct service *svc,
+    const char *spec, int apply, char *err, size_t errlen)
 {
 	struct fault *f, **pp;
 	char msg[160];
@@ -4513,15 +4559,29 @@ ctl_add(struct tcpproxy *p, struct service *svc, const char *spec,
 		free(f);
 		return failed(err, errlen, EINVAL, "%s", msg);
 	}
+	if (!apply) {
+		/* As the batch's earlier lines leave the names. */
+		char base[sizeof(f->name)];
+		unsigned long k;
+
+		snprintf(base, sizeof(base), "%s", f->name);
+		for (k = 2; ctl_has(c, svc, f->name) && !f->named; k++)
+			snprintf(f->name, sizeof(f->name), "%.30s#%lu", base, k);
+		if (ctl_has(c, svc, f->name)) {
+			failed(err, errlen, EEXIST, "fault name '%s' is in use",
+			    f->name);
+			free(f);
+			return -1;
+		}
+		ctl_pend(c, svc, f->name, 1);
+		free(f);
+		return 0;
+	}
 	if (fault_name_unique(svc->faults, f) == -1) {
 		failed(err, errlen, EEXIST, "fault name '%s' is in use",
 		    f->name);
 		free(f);
 		return -1;
-	}
-	if (!apply) {
-		free(f);
-		return 0;
 	}
 	f->refs = 1;
 	for (pp = &svc->faults; *pp != NULL; pp = &(*pp)->next)
@@ -4568,11 +4628,19 @@ faults_lift(struct tcpproxy *p, const struct service *svc)
 
 /* Deletes the faults of svc called name ("*": all); 0 or -1 with err. */
 static int
-ctl_del(struct tcpproxy *p, struct service *svc, const char *name,
-    int apply, char *err, size_t errlen)
+ctl_del(struct tcpproxy *p, struct ctl *c, struct service *svc,
+    const char *name, int apply, char *err, size_t errlen)
 {
 	struct fault **pp = &svc->faults, *f;
 	int found = 0;
+
+	if (!apply) {
+		if (strcmp(name, "*") != 0 && !ctl_has(c, svc, name))
+			return failed(err, errlen, ENOENT, "no fault '%s'",
+			    name);
+		ctl_pend(c, svc, name, 0);
+		return 0;
+	}
 
 	while ((f = *pp) != NULL) {
 		if (strcmp(name, "*") != 0 && strcmp(f->name, name) != 0) {
@@ -4632,13 +4700,13 @@ ctl_run(struct tcpproxy *p, struct ctl *c, char *words[], int n, int apply,
 		if (i + 1 != n)
 			return failed(err, errlen, EINVAL, "usage: add [SERVICE] "
 			    "SPEC");
-		return ctl_add(p, svc, words[i], apply, err, errlen);
+		return ctl_add(p, c, svc, words[i], apply, err, errlen);
 	}
 	if (strcmp(cmd, "del") == 0 && svc != NULL) {
 		if (i + 1 != n)
 			return failed(err, errlen, EINVAL, "usage: del [SERVICE] "
 			    "NAME|*");
-		return ctl_del(p, svc, words[i], apply, err, errlen);
+		return ctl_del(p, c, svc, words[i], apply, err, errlen);
 	}
 	if (strcmp(cmd, "down") == 0 && svc != NULL) {
 		for (m = 1; m < DOWN_NMODES; m++)
@@ -4674,7 +4742,7 @@ ctl_run(struct tcpproxy *p, struct ctl *c, char *words[], int n, int apply,
 			return 0;
 		for (s2 = p->services; s2 != NULL && !s2->retired;
 		    s2 = s2->next) {
-			(void)ctl_del(p, s2, "*", 1, err, errlen);
+			(void)ctl_del(p, c, s2, "*", 1, err, errlen);
 			if (service_up(p, s2, err, errlen) == -1)
 				return -1;
 		}
@@ -4698,8 +4766,9 @@ ctl_run(struct tcpproxy *p, struct ctl *c, char *words[], int n, int apply,
 		unsigned long id = 0;
 		char *end;
 
-		if (strcmp(words[1], "all") != 0 &&
-		    ((id = strtoul(words[1], &end, 10)) == 0 || *end != '\0'))
+		if (strcmp(words[1], "all") != 0 && (words[1][0] < '0' ||
+		    words[1][0] > '9' || (id = strtoul(words[1], &end, 10)) ==
+		    0 || *end != '\0'))
 			return failed(err, errlen, EINVAL, "invalid bridge id "
 			    "'%s'", words[1]);
 		if (!apply)
@@ -4815,6 +4884,7 @@ ctl_batch(struct tcpproxy *p, struct ctl *c, char *lines[], int n)
 	char err[256], *words[64], copy[TCPPROXY_CTL_LINE];
 	int k, nw, pass;
 
+	c->npend = 0;
 	for (pass = 0; pass < 2; pass++)
 		for (k = 0; k < n; k++) {
 			snprintf(copy, sizeof(copy), "%s", lines[k]);

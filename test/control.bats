@@ -152,7 +152,6 @@ echo_ok() {
 }
 
 @test "down refuse holds the port against a listener with SO_REUSEADDR too" {
-	skip "BUG: the held socket keeps SO_REUSEADDR, so another SO_REUSEADDR socket binds and listens"
 	start_backend echo
 	fault_proxy
 	ctl_ok down refuse
@@ -253,7 +252,7 @@ echo_ok() {
 	start_backend echo
 	fault_proxy
 	ctl_err "unknown down mode 'sideways'" down sideways
-	ctl_err "unknown down mode ''" down
+	ctl_err "down needs a mode" down
 	ctl_err "invalid 'existing=maybe'" down refuse existing=maybe
 	ctl_err "extra word 'x'" down refuse existing=close x
 	ctl_err "extra word 'x'" up x
@@ -379,7 +378,6 @@ echo_ok() {
 }
 
 @test "kill with a signed id is an error" {
-	skip "BUG: strtoul takes a sign: 'kill -1' kills id ULONG_MAX (ok 0)"
 	start_backend echo
 	fault_proxy
 	ctl_err "invalid bridge id '-1'" kill -1
@@ -519,7 +517,6 @@ echo_ok() {
 }
 
 @test "a batch whose lines clash with each other applies none of them" {
-	skip "BUG: ctl_batch checks each line against the state before the batch; line 1 is applied before line 2 fails"
 	start_backend echo
 	fault_proxy
 	printf 'add drop,name=x\nadd stall,name=x\n' >"$T/batch"
@@ -529,7 +526,6 @@ echo_ok() {
 }
 
 @test "a batch may delete a fault it added" {
-	skip "BUG: the check pass does not see the batch's own earlier lines: 'line 2: no fault 'a''"
 	start_backend echo
 	fault_proxy
 	printf 'add drop,name=a\ndel a\n' >"$T/batch"
