@@ -4562,11 +4562,12 @@ ctl_add(struct tcpproxy *p, struct ctl *c, struct service *svc,
 	if (!apply) {
 		/* As the batch's earlier lines leave the names. */
 		char base[sizeof(f->name)];
-		unsigned long k;
+		unsigned long nth;
 
 		snprintf(base, sizeof(base), "%s", f->name);
-		for (k = 2; ctl_has(c, svc, f->name) && !f->named; k++)
-			snprintf(f->name, sizeof(f->name), "%.30s#%lu", base, k);
+		for (nth = 2; ctl_has(c, svc, f->name) && !f->named; nth++)
+			snprintf(f->name, sizeof(f->name), "%.30s#%lu", base,
+			    nth);
 		if (ctl_has(c, svc, f->name)) {
 			failed(err, errlen, EEXIST, "fault name '%s' is in use",
 			    f->name);
@@ -4648,10 +4649,6 @@ ctl_del(struct tcpproxy *p, struct ctl *c, struct service *svc,
 			continue;
 		}
 		found = 1;
-		if (!apply) {
-			pp = &f->next;
-			continue;
-		}
 		*pp = f->next;
 		f->dead = 1;
 		fault_put(f);
