@@ -8602,6 +8602,10 @@ die(const char *fmt, ...)
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
 	log_out(TCPPROXY_LOG_ERROR, line);
+	/* Acting as -u's user for a moment (identity_borrow): exit as
+	 * ourselves, whose process may still be inspected (core, LSan). */
+	if (geteuid() != getuid())
+		(void)seteuid(getuid());
 	if (startup_fd >= 0) {
 		char out[sizeof(line) + 16];
 		int n = snprintf(out, sizeof(out), "tcpproxy: %s\n", line);
@@ -9324,12 +9328,15 @@ daemon_wait(pid_t pid, int ready, int errors)
 
 	/* EOF comes when the daemon is ready, or when it is gone. */
 	if ((text = read_all(ready, &len)) != NULL && len > 0) {
+		int rc = 0;
+
 		if (write_all(STDOUT_FILENO, text, len) == -1) {
 			fprintf(stderr, "tcpproxy: cannot print the ready "
 			    "lines: %s\n", strerror(errno));
-			return 1;
+			rc = 1;
 		}
-		return 0;
+		free(text);
+		return rc;
 	}
 	free(text);
 	/* Not ready: it died, and wrote why (no listener cannot be). */
