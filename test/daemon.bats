@@ -81,7 +81,7 @@ listening_names() {
 # daemon's pid, once there is one, is killed in teardown.
 daemon() {
 	RC=0
-	OUT=$($LIMIT "$TCPPROXY" -D --pid-file "$T/pid" "$@" 2>"$T/daemon.err") ||
+	OUT=$($LIMIT "$TCPPROXY" -D --lifetime 60 --pid-file "$T/pid" "$@" 2>"$T/daemon.err") ||
 	    RC=$?
 	if [ -s "$T/pid" ]; then
 		echo "single $(cat "$T/pid")" >>"$PIDS"
@@ -115,7 +115,7 @@ daemon() {
 @test "-D holds neither stdout nor stderr of the \$(...) that ran it" {
 	start_backend echo
 	# 2>&1 inside $(...): the daemon must not keep that pipe either.
-	OUT=$($LIMIT "$TCPPROXY" -D --pid-file "$T/pid" 127.0.0.1 0 \
+	OUT=$($LIMIT "$TCPPROXY" -D --lifetime 60 --pid-file "$T/pid" 127.0.0.1 0 \
 	    127.0.0.1 "$BACKEND_PORT" 2>&1)
 	echo "single $(cat "$T/pid")" >>"$PIDS"
 	[[ $OUT =~ ^127\.0\.0\.1:[1-9][0-9]*$ ]]
@@ -214,7 +214,7 @@ parent_of_proxy() {
 @test "-D --exit-with-parent outlives the -D process and stops with the shell that ran it" {
 	start_backend echo
 	spawn single parent sh -c '"$@" >"$0.out"; exec sleep 1000' "$T/sh" \
-	    "$TCPPROXY" -D --exit-with-parent --pid-file "$T/pid" \
+	    "$TCPPROXY" -D --lifetime 60 --exit-with-parent --pid-file "$T/pid" \
 	    --log-file "$T/log" 127.0.0.1 0 127.0.0.1 "$BACKEND_PORT"
 	PARENT=$SPAWNED
 	wait_for 10 test -s "$T/sh.out"
