@@ -31,6 +31,10 @@ installs() {
 	local mk n=0
 	command -v nm >/dev/null || skip "needs nm (binutils)"
 	copy_tree
+	# With the system's cc: a suite run with CC=tcc passes it down in
+	# MAKEFLAGS, and tcc's binaries have no symbols for nm to count.
+	unset MAKEFLAGS MAKEOVERRIDES MFLAGS
+	export CC=cc
 	for mk in make bmake; do
 		command -v "$mk" >/dev/null || continue
 		n=$((n + 1))
