@@ -108,6 +108,15 @@
  * drains, so an idle bridge costs only its record, and the hot path never
  * calls malloc.
  *
+ * Where splice() exists (Linux), a bulk flow (a read filled its buffer)
+ * whose bytes no stage needs to see (no data hook, fault, rate, byte
+ * cap) is moved through a kernel pipe instead: its pages go from socket
+ * to socket uncopied.  A flow holds a pipe in place of a buffer, never
+ * both, and only while bytes are in it, so the close rules see a pipe's
+ * bytes as queued bytes like any others; pipes come from an engine-wide
+ * pool (--max-pipes), made on demand while descriptors are plentiful and
+ * closed when the last bridge ends.  A flow that gets none is copied.
+ *
  * Timeouts are uniform per kind within a service, so intrusive lists
  * ordered by last activity give each service's next deadline in O(1):
  * connecting bridges (connect timeout, per address tried), established
@@ -269,6 +278,9 @@
 #ifndef TCPPROXY_WAIT_TIMEOUT
 #define TCPPROXY_WAIT_TIMEOUT 30000	/* ms a control wait lasts */
 #endif
+#ifndef TCPPROXY_MAX_PIPES
+#define TCPPROXY_MAX_PIPES 64		/* pipes for splice(), per process */
+#endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
 #endif
@@ -276,14 +288,21 @@
 /* ---- portability ---- */
 
 /*
+ * Every platform difference is decided in this block, by a feature test.
+ * Building with -DTCPPROXY_PORTABLE forces the portable fallback of each
+ * (CI runs the whole suite so), so that the code the BSDs and macOS run
+ * is compiled and tested on Linux too.
+ */
+
+/*
  * A send() to a closed peer must not raise SIGPIPE: per call where
  * MSG_NOSIGNAL exists, per socket where SO_NOSIGPIPE does.  With neither,
  * the program must ignore SIGPIPE (the command line does).
  */
-#ifdef MSG_NOSIGNAL
+#if defined(MSG_NOSIGNAL) && !defined(TCPPROXY_PORTABLE)
 #define SEND_FLAGS MSG_NOSIGNAL
 #define NOSIGPIPE 0
-#elif defined(SO_NOSIGPIPE)
+#elif defined(SO_NOSIGPIPE) && !defined(TCPPROXY_PORTABLE)
 #define SEND_FLAGS 0
 #define NOSIGPIPE SO_NOSIGPIPE
 #else
@@ -297,7 +316,8 @@
  * it, which saves three fcntl() calls per descriptor, six per bridge.
  * Strict POSIX.1-2008 headers may hide accept4(), so it is declared here.
  */
-#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC)
+#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC) && \
+    !defined(TCPPROXY_PORTABLE)
 #define SOCK_FLAGS (SOCK_NONBLOCK | SOCK_CLOEXEC)
 int accept4(int, struct sockaddr *, socklen_t *, int);
 #define accept_ready(fd, sa, len) accept4((fd), (sa), (len), SOCK_FLAGS)
@@ -312,10 +332,43 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
  * interval and count are TCP_KEEPINTVL and TCP_KEEPCNT where they exist.
  * Without them, SO_KEEPALIVE alone uses the system's times.
  */
+#ifndef TCPPROXY_PORTABLE
 #if defined(TCP_KEEPIDLE)
 #define KEEPALIVE_IDLE TCP_KEEPIDLE
 #elif defined(TCP_KEEPALIVE)
 #define KEEPALIVE_IDLE TCP_KEEPALIVE
+#endif
+#ifdef TCP_KEEPINTVL
+#define KEEPALIVE_INTVL TCP_KEEPINTVL
+#endif
+#ifdef TCP_KEEPCNT
+#define KEEPALIVE_CNT TCP_KEEPCNT
+#endif
+#endif
+
+/*
+ * Linux's splice() moves socket pages into a pipe and from the pipe to
+ * another socket without copying them through user space.  Strict
+ * POSIX.1-2008 headers hide it, pipe2() and its flags (_GNU_SOURCE), so
+ * they are declared here; elsewhere the copying relay is all there is.
+ */
+#if defined(__linux__) && !defined(TCPPROXY_PORTABLE)
+#define HAVE_SPLICE 1
+ssize_t splice(int, off_t *, int, off_t *, size_t, unsigned int);
+int pipe2(int[2], int);
+#ifndef SPLICE_F_MOVE
+#define SPLICE_F_MOVE 1
+#endif
+#ifndef SPLICE_F_NONBLOCK
+#define SPLICE_F_NONBLOCK 2
+#endif
+#else
+#define HAVE_SPLICE 0
+/* Never called: without HAVE_SPLICE, no flow takes a pipe. */
+#define splice(in, ino, out, outo, len, fl) (errno = ENOSYS, (ssize_t)-1)
+#define pipe2(fds, fl) (errno = ENOSYS, -1)
+#define SPLICE_F_MOVE 0
+#define SPLICE_F_NONBLOCK 0
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -368,7 +421,29 @@ struct flow {
 	double tokens;			/* --rate: bytes it may read now */
 	long long stamp;		/* --rate: when tokens was computed */
 	long long resume;		/* --rate: paused until then; 0: not */
-	int more;			/* MORE_*: a hook call due once drained */
+	unsigned char more;		/* MORE_*: a hook call due once drained */
+	unsigned char bulk;		/* BULK_*: may it go through a pipe */
+	unsigned int pipe;		/* p->pipes index + 1 of the pipe that
+					 * holds its bytes; 0: none */
+};
+
+/*
+ * Whether a flow has shown it is a bulk flow (a read filled its whole
+ * buffer), so that splice() is worth a pipe, or splice() failed on its
+ * descriptors.
+ */
+enum { BULK_NO = 0, BULK_YES, BULK_NEVER };
+
+/*
+ * A pipe of the splice pool.  A flow holds one only while bytes are in
+ * it: bytes the proxy accepted, like a buffer's.  An unused pipe waits on
+ * the free list, made or not (fd -1).
+ */
+struct pipebuf {
+	int fd[2];			/* read end, write end; -1: not made */
+	size_t len;			/* bytes in it */
+	int full;			/* a splice into it found no room */
+	unsigned int next;		/* free list: index + 1; 0: the end */
 };
 
 /* A resolved socket address and its name for logs. */
@@ -426,6 +501,7 @@ struct state {
 	unsigned long open;
 	unsigned long queued;		/* clients held by max_clients */
 	unsigned long long total, refused, failed, bytes[2];
+	unsigned long long spliced;	/* bytes delivered through pipes */
 	size_t rr;
 	int full;			/* stopped accepting at max_clients */
 	struct source **sources;	/* SOURCE_BUCKETS, or NULL */
@@ -678,6 +754,12 @@ struct tcpproxy {
 	struct addr ctl_addr;
 	pid_t ctl_owner;
 	struct ctl ctls[TCPPROXY_CTL_MAX];
+	int splice;			/* splice() may be used (--no-splice) */
+	struct pipebuf *pipes;		/* the splice pool, of npipes */
+	size_t npipes;			/* its size; grows to cfg.max_pipes */
+	size_t pipes_made;		/* pipes whose descriptors are open */
+	unsigned int pipe_free;		/* free list: index + 1; 0: empty */
+	long fd_max;			/* RLIMIT_NOFILE at start; 0: none */
 };
 
 /* ---- prototypes ---- */
@@ -884,13 +966,14 @@ keepalive_set(int fd, int idle)
 #ifdef KEEPALIVE_IDLE
 	(void)setsockopt(fd, IPPROTO_TCP, KEEPALIVE_IDLE, &idle, sizeof(idle));
 #endif
-#ifdef TCP_KEEPINTVL
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl,
+#ifdef KEEPALIVE_INTVL
+	(void)setsockopt(fd, IPPROTO_TCP, KEEPALIVE_INTVL, &intvl,
 	    sizeof(intvl));
 #endif
-#ifdef TCP_KEEPCNT
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+#ifdef KEEPALIVE_CNT
+	(void)setsockopt(fd, IPPROTO_TCP, KEEPALIVE_CNT, &cnt, sizeof(cnt));
 #endif
+	(void)idle;
 	(void)intvl;
 	(void)cnt;
 }
@@ -1614,6 +1697,131 @@ buf_give(struct service *svc, struct flow *f)
 	f->off = f->len = 0;
 }
 
+/* ---- the splice pool ---- */
+
+/*
+ * Returns whether one more pipe may be made: bridges need descriptors
+ * more than pipes do, so pipes are made only while a quarter of the
+ * limit is left for them.
+ */
+static int
+pipe_affordable(const struct tcpproxy *p)
+{
+	size_t used = p->base + 2 * p->nbridges + 2 * p->pipes_made + 2;
+
+	return p->fd_max <= 0 || (long)used <= p->fd_max - p->fd_max / 4;
+}
+
+/*
+ * Grows the pool by up to its size again (at least 8), within
+ * cfg.max_pipes; the new entries go on the free list, not yet made.
+ * Indices, not pointers, name a pipe, so moving the array is safe.
+ * Returns 0, or -1 at the cap or out of memory.
+ */
+static int
+pipes_grow(struct tcpproxy *p)
+{
+	size_t n = p->npipes < 8 ? 8 : 2 * p->npipes, k;
+	struct pipebuf *a;
+
+	if (n > p->cfg.max_pipes)
+		n = p->cfg.max_pipes;
+	if (n <= p->npipes ||
+	    (a = realloc(p->pipes, n * sizeof(*a))) == NULL)
+		return -1;
+	for (k = p->npipes; k < n; k++) {
+		a[k].fd[0] = a[k].fd[1] = -1;
+		a[k].len = 0;
+		a[k].full = 0;
+		a[k].next = p->pipe_free;
+		p->pipe_free = (unsigned int)k + 1;
+	}
+	p->pipes = a;
+	p->npipes = n;
+	return 0;
+}
+
+/*
+ * Gives the empty flow f a pipe from the pool, making it if need be.
+ * Returns 0, or -1 when none can be had (the cap, the descriptor limit),
+ * and the flow is copied as before.
+ */
+static int
+pipe_take(struct tcpproxy *p, struct flow *f)
+{
+	struct pipebuf *pb;
+
+	if (p->pipe_free == 0 && pipes_grow(p) == -1)
+		return -1;
+	pb = &p->pipes[p->pipe_free - 1];
+	if (pb->fd[0] == -1) {
+		if (!pipe_affordable(p) ||
+		    pipe2(pb->fd, O_NONBLOCK | O_CLOEXEC) == -1) {
+			pb->fd[0] = pb->fd[1] = -1;
+			return -1;
+		}
+		p->pipes_made++;
+	}
+	f->pipe = p->pipe_free;
+	p->pipe_free = pb->next;
+	pb->len = 0;
+	pb->full = 0;
+	return 0;
+}
+
+/* Closes the descriptors of a pipe, if it was made. */
+static void
+pipe_unmake(struct tcpproxy *p, struct pipebuf *pb)
+{
+	if (pb->fd[0] == -1)
+		return;
+	fd_close(pb->fd[0]);
+	fd_close(pb->fd[1]);
+	pb->fd[0] = pb->fd[1] = -1;
+	p->pipes_made--;
+}
+
+/*
+ * Gives flow f's pipe back to the pool.  One that still holds bytes (the
+ * flow's receiver is gone) cannot be emptied cheaply, so it is closed.
+ */
+static void
+pipe_give(struct tcpproxy *p, struct flow *f)
+{
+	struct pipebuf *pb;
+
+	if (f->pipe == 0)
+		return;
+	pb = &p->pipes[f->pipe - 1];
+	if (pb->len > 0)
+		pipe_unmake(p, pb);
+	pb->len = 0;
+	pb->next = p->pipe_free;
+	p->pipe_free = f->pipe;
+	f->pipe = 0;
+}
+
+/*
+ * Closes the free pipes: when no bridge is left, so that an idle proxy
+ * holds only its own descriptors, and when descriptors run out.
+ */
+static void
+pipes_trim(struct tcpproxy *p)
+{
+	unsigned int k;
+
+	for (k = p->pipe_free; k != 0; k = p->pipes[k - 1].next)
+		pipe_unmake(p, &p->pipes[k - 1]);
+}
+
+/* Forgets what flow f holds, in its buffer or its pipe. */
+static void
+flow_drop(struct tcpproxy *p, struct service *svc, struct flow *f)
+{
+	buf_give(svc, f);
+	pipe_give(p, f);
+}
+
 /* ---- timers ---- */
 
 /* Returns the timer list t of bridge b: its service's, or the engine's. */
@@ -1815,7 +2023,6 @@ side_fail(struct tcpproxy *p, struct bridge *b, int s, int err)
 {
 	int reset = err == ECONNRESET || err == EPIPE;
 
-	(void)p;
 	if (s == CLIENT)
 		bridge_end(b, reset ? TCPPROXY_REASON_CLIENT_RESET :
 		    TCPPROXY_REASON_CLIENT_ERROR, err);
@@ -1824,7 +2031,7 @@ side_fail(struct tcpproxy *p, struct bridge *b, int s, int err)
 		    TCPPROXY_REASON_SERVER_ERROR, err);
 	b->rd[s] = b->wr[s] = 0;
 	/* Bytes bound for s have nowhere to go, so stop taking them. */
-	buf_give(b->svc, &b->flow[!s]);
+	flow_drop(p, b->svc, &b->flow[!s]);
 	b->rd[!s] = 0;
 }
 
@@ -1895,10 +2102,110 @@ side_eof(struct tcpproxy *p, struct bridge *b, int s)
 }
 
 /*
+ * Returns whether flow[s] of b may go through a pipe: it is a bulk flow,
+ * splice() is on, the bridge is open, and no stage needs to see its
+ * bytes: no data hook (dumps are one), no fault, no --rate, no
+ * --max-bytes for the client's flow.  (A PROXY header to send sits in
+ * the client's buffer, and a pipe is only taken by an empty flow.)
+ */
+static int
+flow_spliceable(const struct tcpproxy *p, const struct bridge *b, int s)
+{
+	const struct service *svc = b->svc;
+
+	return b->flow[s].bulk == BULK_YES && p->splice &&
+	    b->state == BRIDGE_OPEN && b->fx == NULL && !hooked(p) &&
+	    svc->rate == 0 && (s == SERVER || svc->max_bytes == 0);
+}
+
+/*
+ * Returns the read size that shows a bulk flow: a whole buffer, or
+ * 64 KB of a bigger one.  Less than that is not worth a pipe.
+ */
+static size_t
+bulk_read(const struct service *svc)
+{
+	return svc->bufsize < 65536 ? svc->bufsize : 65536;
+}
+
+/*
+ * Moves what flow[s]'s pipe holds on to side !s, as much as it takes.
+ * The pipe goes back to the pool once empty.
+ */
+static void
+pipe_drain(struct tcpproxy *p, struct bridge *b, int s)
+{
+	struct flow *f = &b->flow[s];
+	struct pipebuf *pb = &p->pipes[f->pipe - 1];
+	ssize_t n;
+
+	if (!b->wr[!s])
+		return;
+	n = splice(pb->fd[0], NULL, b->fd[!s], NULL, pb->len,
+	    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	if (n <= 0) {
+		if (n < 0 && errno != EINTR && !WOULD_BLOCK(errno))
+			side_fail(p, b, !s, errno);
+		return;
+	}
+	bridge_touch(p, b);
+	pb->len -= (size_t)n;
+	pb->full = 0;
+	f->bytes += (unsigned long long)n;
+	b->svc->st->spliced += (unsigned long long)n;
+	if (pb->len == 0)
+		pipe_give(p, f);
+}
+
+/*
+ * Reads from side s into flow[s]'s pipe with splice(), and moves it on
+ * to !s at once.  Returns like flow_read.  A splice that would block
+ * with bytes in the pipe found the pipe full (its slots, not only its
+ * bytes, are few), so it is not read again until some drain; with the
+ * pipe empty, the socket had nothing, and the pipe goes back.
+ */
+static int
+pipe_read(struct tcpproxy *p, struct bridge *b, int s)
+{
+	struct flow *f = &b->flow[s];
+	struct pipebuf *pb = &p->pipes[f->pipe - 1];
+	size_t room = b->svc->bufsize - pb->len;
+	ssize_t n = 0;
+
+	if (flow_spliceable(p, b, s) && !pb->full && room > 0) {
+		n = splice(b->fd[s], NULL, pb->fd[1], NULL, room,
+		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (n == 0) {
+			side_eof(p, b, s);
+		} else if (n > 0) {
+			bridge_touch(p, b);
+			f->taken += (size_t)n;
+			pb->len += (size_t)n;
+		} else if (WOULD_BLOCK(errno)) {
+			pb->full = pb->len > 0;
+		} else if ((errno == EINVAL || errno == ENOSYS) &&
+		    pb->len == 0) {
+			/* Not for these descriptors: copy this flow. */
+			f->bulk = BULK_NEVER;
+			pipe_give(p, f);
+			return 0;
+		} else if (errno != EINTR) {
+			side_fail(p, b, s, errno);
+		}
+	}
+	if (f->pipe != 0 && pb->len > 0)
+		pipe_drain(p, b, s);
+	if (f->pipe != 0 && pb->len == 0)
+		pipe_give(p, f);
+	return n > 0 && (size_t)n == room && f->pipe == 0 && b->rd[s];
+}
+
+/*
  * Reads once from side s into flow[s], runs the data hook, and tries to
  * write the bytes to !s at once rather than a poll round later.  Returns
  * 1 if the read filled all the room it had and the bytes all went out,
- * so that another read is likely to find more.
+ * so that another read is likely to find more.  A bulk flow that no
+ * stage needs to see goes through a pipe instead, while one is free.
  */
 static int
 flow_read(struct tcpproxy *p, struct bridge *b, int s)
@@ -1908,6 +2215,13 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 	size_t room, start;
 	ssize_t n;
 
+	if (f->pipe != 0)
+		return pipe_read(p, b, s);
+	if (f->buf == NULL && flow_spliceable(p, b, s)) {
+		if (pipe_take(p, f) == 0)
+			return pipe_read(p, b, s);
+		f->bulk = BULK_NO;	/* none now: show it again later */
+	}
 	if (buf_take(svc, f) == -1) {
 		bridge_end(b, TCPPROXY_REASON_NO_MEMORY, ENOMEM);
 		b->rd[CLIENT] = b->rd[SERVER] = 0;
@@ -1950,6 +2264,8 @@ flow_read(struct tcpproxy *p, struct bridge *b, int s)
 		bridge_touch(p, b);
 		f->taken += len;
 		f->tokens -= (double)len;
+		if (len >= bulk_read(svc) && f->bulk == BULK_NO)
+			f->bulk = BULK_YES;
 		if (hooked(p))
 			len = flow_hook(p, b, s, start, len, 0);
 		if (b->fx != NULL)
@@ -1990,6 +2306,10 @@ flow_drain(struct tcpproxy *p, struct bridge *b, int s)
 	int d = !s, final;
 	ssize_t n;
 
+	if (f->pipe != 0) {
+		pipe_drain(p, b, s);
+		return;
+	}
 	if (f->buf == NULL || !b->wr[d] || b->state != BRIDGE_OPEN)
 		return;
 	for (;;) {
@@ -2064,11 +2384,18 @@ want(struct tcpproxy *p, struct bridge *b, int s)
 	default:
 		/* Bytes a fault holds back are not worth a POLLOUT: they
 		 * go at their deadline. */
-		if (b->wr[s] && b->flow[!s].buf != NULL && (b->fx == NULL ||
+		if (b->wr[s] && (b->flow[!s].pipe != 0 ||
+		    (b->flow[!s].buf != NULL && (b->fx == NULL ||
 		    fault_writable(p, b, !s, b->flow[!s].len -
-		    b->flow[!s].off) > 0))
+		    b->flow[!s].off) > 0))))
 			ev |= POLLOUT;
 		break;
+	}
+	if (f->pipe != 0) {
+		const struct pipebuf *pb = &p->pipes[f->pipe - 1];
+
+		room = !pb->full && pb->len < b->svc->bufsize &&
+		    flow_spliceable(p, b, s);
 	}
 	if (b->fx != NULL && b->rd[s] && !f->resume && room &&
 	    !fault_readable(p, b, s))
@@ -2579,7 +2906,7 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	fd_close(b->fd[CLIENT]);
 	fd_close(b->fd[SERVER]);
 	for (s = CLIENT; s <= SERVER; s++) {
-		buf_give(svc, &b->flow[s]);
+		flow_drop(p, svc, &b->flow[s]);
 		st->bytes[s] += b->flow[s].bytes;
 		if (b->be != NULL)
 			b->be->bytes[s] += b->flow[s].bytes;
@@ -2613,6 +2940,8 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 	slot_swap(p, b->slot, p->nbridges - 1);
 	p->nbridges--;
 	free(b);
+	if (p->nbridges == 0)
+		pipes_trim(p);
 	/* Descriptors and a slot are free: waiters, then accepting. */
 	if (p->fdwait.head != NULL)
 		p->fd_freed = 1;
@@ -2629,7 +2958,8 @@ bridge_close(struct tcpproxy *p, struct bridge *b)
 static int
 flow_done(const struct bridge *b, int s)
 {
-	return !b->rd[s] && (b->flow[s].buf == NULL || !b->wr[!s]);
+	return !b->rd[s] && ((b->flow[s].buf == NULL &&
+	    b->flow[s].pipe == 0) || !b->wr[!s]);
 }
 
 /*
@@ -3717,9 +4047,15 @@ fault_attach(struct tcpproxy *p, struct bridge *b, struct fault *f)
 		fx->nth = b->nth;
 		fx->hidx = NO_SLOT;
 		fx->due = LLONG_MAX;
-		for (s = CLIENT; s <= SERVER; s++)
+		/* What it holds was accepted before: free to go. */
+		for (s = CLIENT; s <= SERVER; s++) {
 			fx->queued[s] = b->flow[s].bytes + (b->flow[s].len -
 			    b->flow[s].off);
+			if (b->flow[s].pipe != 0)
+				fx->queued[s] += p->pipes[b->flow[s].pipe -
+				    1].len;
+			fx->released[s] = fx->queued[s];
+		}
 		b->fx = fx;
 	}
 	if (fx->n == FAULT_MAX)
@@ -5225,6 +5561,7 @@ accept_pause(struct tcpproxy *p, int err)
 		return;
 	p->accepting = ACCEPT_NOFD;
 	p->accept_retry = p->now + TCPPROXY_ACCEPT_RETRY;
+	pipes_trim(p);	/* bridges need descriptors more */
 	listeners_update(p);
 }
 
@@ -6969,6 +7306,7 @@ tcpproxy_config_init(struct tcpproxy_config *cfg)
 	cfg->grace = TCPPROXY_GRACE;
 	cfg->buffer_size = TCPPROXY_BUFFER_SIZE;
 	cfg->verbosity = TCPPROXY_LOG_INFO;
+	cfg->max_pipes = TCPPROXY_MAX_PIPES;
 	cfg->program.workers = 1;
 }
 
@@ -7013,6 +7351,21 @@ engine_faulty(const struct tcpproxy *p)
 	return 0;
 }
 
+/*
+ * Returns whether splice() may be used: the platform has it, it is not
+ * turned off, and the SIGPIPE it raises on a closed peer (it takes no
+ * MSG_NOSIGNAL) is ignored or handled, not deadly.
+ */
+static int
+splice_usable(const struct tcpproxy_config *cfg)
+{
+	struct sigaction sa;
+
+	if (!HAVE_SPLICE || cfg->no_splice || cfg->max_pipes == 0)
+		return 0;
+	return sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL;
+}
+
 /* Checks the engine-wide settings of cfg; returns 0 or -1. */
 static int
 engine_check(const struct tcpproxy_config *cfg, char *err, size_t errlen)
@@ -7026,6 +7379,7 @@ engine_check(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 struct tcpproxy *
 tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 {
+	struct rlimit rl;
 	struct tcpproxy *p;
 	int saved;
 	size_t i;
@@ -7047,6 +7401,10 @@ tcpproxy_create(const struct tcpproxy_config *cfg, char *err, size_t errlen)
 	    now_us()) >> 16;
 	p->wake[0] = p->wake[1] = -1;
 	p->ctl_fd = -1;
+	p->splice = splice_usable(cfg);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < LONG_MAX)
+		p->fd_max = (long)rl.rlim_cur;
 	for (i = 0; i < TCPPROXY_CTL_MAX; i++)
 		p->ctls[i].fd = -1;
 	if (wake_open(p) == -1 || table_grow(p) == -1) {
@@ -7085,6 +7443,11 @@ tcpproxy_reload(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 	p->cfg.grace = cfg->grace;
 	p->cfg.busy_poll = cfg->busy_poll;
 	p->cfg.verbosity = cfg->verbosity;
+	/* Pipes in use drain as they are; a smaller cap takes effect as the
+	 * pool would grow. */
+	p->cfg.no_splice = cfg->no_splice;
+	p->cfg.max_pipes = cfg->max_pipes;
+	p->splice = splice_usable(cfg);
 	/* The listeners bound by this reload say so, like at start. */
 	listeners_announce(p);
 	say(p, TCPPROXY_LOG_ERROR, "reloaded: %lu services, %lu listeners",
@@ -7290,6 +7653,7 @@ tcpproxy_stats(const struct tcpproxy *p, struct tcpproxy_stats *out,
 				o->failed = svc->st->failed;
 				o->bytes[0] = svc->st->bytes[0];
 				o->bytes[1] = svc->st->bytes[1];
+				o->spliced = svc->st->spliced;
 				continue;
 			}
 			o->backend = be->name;
@@ -7347,9 +7711,9 @@ stats_line(const struct tcpproxy *p, const struct tcpproxy_stats *st,
 {
 	if (st->backend == NULL)
 		snprintf(line, size, "stats service=%s%s open=%lu total=%llu "
-		    "refused=%llu failed=%llu up=%llu down=%llu", st->service,
-		    p->worker, st->open, st->total, st->refused, st->failed,
-		    st->bytes[0], st->bytes[1]);
+		    "refused=%llu failed=%llu up=%llu down=%llu spliced=%llu",
+		    st->service, p->worker, st->open, st->total, st->refused,
+		    st->failed, st->bytes[0], st->bytes[1], st->spliced);
 	else
 		snprintf(line, size, "stats service=%s%s backend=%s state=%s "
 		    "down_for=%.3f open=%lu total=%llu failed=%llu up=%llu "
@@ -7372,6 +7736,8 @@ tcpproxy_free(struct tcpproxy *p)
 	for (i = 0; i < p->nlisten; i++)
 		listener_close(&p->lis[i]);
 	ctl_free(p);
+	pipes_trim(p);
+	free(p->pipes);
 	free(p->heap);
 	while ((svc = p->services) != NULL) {
 		p->services = svc->next;
@@ -7462,7 +7828,9 @@ static const struct opt opts[] = {
 	{ "max-clients", 'c', K_COUNT, S_RULE, SVC(max_clients), 1000000000 },
 	{ "max-per-source", 0, K_COUNT, S_RULE, SVC(max_per_source),
 	    1000000000 },
+	{ "max-pipes", 0, K_COUNT, S_PROC, CFG(max_pipes), 1000000 },
 	{ "name", 0, K_STR, S_RULE, SVC(name), 0 },
+	{ "no-splice", 0, K_FLAG, S_PROC, CFG(no_splice), 0 },
 	{ "pid-file", 0, K_STR, S_PROC, CFG(program.pid_file), 0 },
 	{ "port-file", 0, K_STR, S_CMD, CFG(program.port_file), 0 },
 	{ "proxy-from", 0, K_TRUST, S_RULE, 0, 0 },
@@ -8499,7 +8867,8 @@ static const char usage_line[] =
     "[--log-file file]\n"
     "                [--log-time] [--max-bytes bytes] "
     "[--max-per-source n]\n"
-    "                [--name name] [--pid-file file] [--port-file file]\n"
+    "                [--max-pipes n] [--name name] [--no-splice]\n"
+    "                [--pid-file file] [--port-file file]\n"
     "                [--proxy-from cidr] [--proxy-timeout secs]\n"
     "                [--queue-timeout secs] [--rate bytes] "
     "[--ready-fd fd]\n"
@@ -8679,6 +9048,9 @@ help(void)
 	    "per bridge\n"
 	    "      --busy-poll USECS       after I/O, poll that long without "
 	    "sleeping\n"
+	    "      --no-splice             copy bulk flows; never splice() them\n"
+	    "      --max-pipes N           pipes for splice() at once (default "
+	    "64)\n"
 	    "  -x, --hexdump               dump all data as hex (stderr)\n"
 	    "      --dump-file FILE        write the hex dump to FILE\n"
 	    "      --dump-dir DIR          save each bridge's raw bytes in "

@@ -318,6 +318,14 @@ struct tcpproxy_config {
 	 * busy while traffic flows.  Only while at most 8 bridges are polled
 	 * each round.  0: sleep at once (no CPU when idle). */
 	unsigned long busy_poll;
+	/* Where the platform has splice() (Linux), a bulk flow that no hook,
+	 * dump, fault, --rate or --max-bytes needs to see goes through a
+	 * kernel pipe instead of being copied, at most max_pipes pipes at
+	 * once (tcpproxy_config_init: 64).  Only while SIGPIPE is ignored or
+	 * handled: splice() cannot be told not to raise it.  no_splice:
+	 * copy everything. */
+	int no_splice;
+	unsigned long max_pipes;
 	int verbosity;			/* highest tcpproxy_log_level logged */
 	/* Where log lines go; NULL writes "tcpproxy: LINE\n" to stderr. */
 	void (*log)(void *log_user, int level, const char *line);
@@ -440,6 +448,7 @@ struct tcpproxy_stats {
 	unsigned long long bytes[2];	/* delivered, per tcpproxy_dir */
 	int down;			/* backend marked down */
 	double down_for;		/* seconds it has been down */
+	unsigned long long spliced;	/* of the bytes, through pipes (service) */
 };
 
 /*

@@ -317,7 +317,7 @@ echo_ok() {
 	echo_ok "$PROXY_PORT"
 	ctl_wait closed==1
 	ctl_ok stats
-	grep -Eqx 'stats service=[^ ]+ open=0 total=1 refused=0 failed=0 up=1 down=1' "$T/ctl.out"
+	grep -Eqx 'stats service=[^ ]+ open=0 total=1 refused=0 failed=0 up=1 down=1 spliced=0' "$T/ctl.out"
 	grep -Eqx "stats service=[^ ]+ backend=127\\.0\\.0\\.1:$BACKEND_PORT state=up .* total=1 failed=0 up=1 down=1" "$T/ctl.out"
 	[ "$(tail -n 1 "$T/ctl.out")" = "$(grep '^fault ' "$T/ctl.out")" ]
 	grep -Eqx 'fault service=[^ ]+ name=ttfb fired=1 spec=ttfb=1ms,dir=up' "$T/ctl.out"

@@ -248,12 +248,12 @@ EOF
 	kill -USR1 "$PROXY_PID"
 	wait_for 10 has_line "$PROXY_LOG" '^tcpproxy: stats service=dead backend='
 	grep ' stats ' "$PROXY_LOG"
-	[ "$(stats_line "$PROXY_LOG" up)" = "tcpproxy: stats service=up open=0 total=3 refused=0 failed=0 up=6000 down=0" ]
+	[ "$(stats_line "$PROXY_LOG" up)" = "tcpproxy: stats service=up open=0 total=3 refused=0 failed=0 up=6000 down=0 spliced=0" ]
 	[ "$(stats_line "$PROXY_LOG" up "127.0.0.1:$s1")" = "tcpproxy: stats service=up backend=127.0.0.1:$s1 state=up open=0 total=2 failed=0 up=4000 down=0" ]
 	[ "$(stats_line "$PROXY_LOG" up "127.0.0.1:$s2")" = "tcpproxy: stats service=up backend=127.0.0.1:$s2 state=up open=0 total=1 failed=0 up=2000 down=0" ]
-	[ "$(stats_line "$PROXY_LOG" down)" = "tcpproxy: stats service=down open=0 total=1 refused=1 failed=0 up=0 down=5000" ]
+	[ "$(stats_line "$PROXY_LOG" down)" = "tcpproxy: stats service=down open=0 total=1 refused=1 failed=0 up=0 down=5000 spliced=0" ]
 	[ "$(stats_line "$PROXY_LOG" down "127.0.0.1:$src")" = "tcpproxy: stats service=down backend=127.0.0.1:$src state=up open=0 total=1 failed=0 up=0 down=5000" ]
-	[[ "$(stats_line "$PROXY_LOG" dead)" =~ ^"tcpproxy: stats service=dead open=0 total="[01]" refused=0 failed=1 up=0 down=0"$ ]]
+	[[ "$(stats_line "$PROXY_LOG" dead)" =~ ^"tcpproxy: stats service=dead open=0 total="[01]" refused=0 failed=1 up=0 down=0 spliced=0"$ ]]
 	[ "$(stats_line "$PROXY_LOG" dead "127.0.0.1:$dead")" = "tcpproxy: stats service=dead backend=127.0.0.1:$dead state=down open=0 total=0 failed=1 up=0 down=0" ]
 	has_line "$PROXY_LOG" "^tcpproxy: stats service=dead backend=127\\.0\\.0\\.1:$dead state=down down_for=[0-9]+\\.[0-9]+ "
 	[ "$(count_lines "$PROXY_LOG" ' stats service=')" -eq 7 ]
@@ -266,12 +266,12 @@ EOF
 	wait_for 10 has_line "$PROXY_LOG" ' open id=7 '
 	kill -USR1 "$PROXY_PID"
 	wait_for 10 eval '[ "$(count_lines "$PROXY_LOG" " stats service=")" -eq 14 ]'
-	[[ "$(stats_line "$PROXY_LOG" up)" =~ ^"tcpproxy: stats service=up open=1 total=4 refused=0 failed=0 up="600[05]" down=0"$ ]]
+	[[ "$(stats_line "$PROXY_LOG" up)" =~ ^"tcpproxy: stats service=up open=1 total=4 refused=0 failed=0 up="600[05]" down=0 spliced=0"$ ]]
 	exec 4>&-
 	wait_for 10 has_line "$PROXY_LOG" ' close id=7 '
 	kill -USR1 "$PROXY_PID"
 	wait_for 10 eval '[ "$(count_lines "$PROXY_LOG" " stats service=")" -eq 21 ]'
-	[ "$(stats_line "$PROXY_LOG" up)" = "tcpproxy: stats service=up open=0 total=4 refused=0 failed=0 up=6005 down=0" ]
+	[ "$(stats_line "$PROXY_LOG" up)" = "tcpproxy: stats service=up open=0 total=4 refused=0 failed=0 up=6005 down=0 spliced=0" ]
 }
 
 @test "with -w 2 a reload serves a new service, old bridges finish, and SIGTERM still ends everything with status 0" {
