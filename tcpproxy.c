@@ -302,12 +302,15 @@
 #if defined(MSG_NOSIGNAL) && !defined(TCPPROXY_PORTABLE)
 #define SEND_FLAGS MSG_NOSIGNAL
 #define NOSIGPIPE 0
+#define FEATURE_NOSIGNAL " msg-nosignal"
 #elif defined(SO_NOSIGPIPE) && !defined(TCPPROXY_PORTABLE)
 #define SEND_FLAGS 0
 #define NOSIGPIPE SO_NOSIGPIPE
+#define FEATURE_NOSIGNAL " so-nosigpipe"
 #else
 #define SEND_FLAGS 0
 #define NOSIGPIPE 0
+#define FEATURE_NOSIGNAL ""
 #endif
 
 /*
@@ -321,9 +324,11 @@
 #define SOCK_FLAGS (SOCK_NONBLOCK | SOCK_CLOEXEC)
 int accept4(int, struct sockaddr *, socklen_t *, int);
 #define accept_ready(fd, sa, len) accept4((fd), (sa), (len), SOCK_FLAGS)
+#define FEATURE_ACCEPT4 " accept4"
 #else
 #define SOCK_FLAGS 0
 #define accept_ready(fd, sa, len) accept((fd), (sa), (len))
+#define FEATURE_ACCEPT4 ""
 #endif
 
 /*
@@ -345,6 +350,11 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
 #define KEEPALIVE_CNT TCP_KEEPCNT
 #endif
 #endif
+#ifdef KEEPALIVE_IDLE
+#define FEATURE_KEEPALIVE " keepalive-idle"
+#else
+#define FEATURE_KEEPALIVE ""
+#endif
 
 /*
  * Linux gives an accepted socket its listener's TCP_NODELAY, and its
@@ -356,9 +366,11 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
 #if defined(__linux__) && !defined(TCPPROXY_PORTABLE)
 #define NODELAY_INHERITED 1
 #define CONNECT_POLL_TELLS 1
+#define FEATURE_LINUX_TCP " nodelay-inherited connect-poll"
 #else
 #define NODELAY_INHERITED 0
 #define CONNECT_POLL_TELLS 0
+#define FEATURE_LINUX_TCP ""
 #endif
 
 /*
@@ -369,6 +381,7 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
  */
 #if defined(__linux__) && !defined(TCPPROXY_PORTABLE)
 #define HAVE_SPLICE 1
+#define FEATURE_SPLICE " splice"
 ssize_t splice(int, off_t *, int, off_t *, size_t, unsigned int);
 int pipe2(int[2], int);
 #ifndef SPLICE_F_MOVE
@@ -379,12 +392,17 @@ int pipe2(int[2], int);
 #endif
 #else
 #define HAVE_SPLICE 0
+#define FEATURE_SPLICE ""
 /* Never called: without HAVE_SPLICE, no flow takes a pipe. */
 #define splice(in, ino, out, outo, len, fl) (errno = ENOSYS, (ssize_t)-1)
 #define pipe2(fds, fl) (errno = ENOSYS, -1)
 #define SPLICE_F_MOVE 0
 #define SPLICE_F_NONBLOCK 0
 #endif
+
+/* What this build takes of the platform, for -V. */
+#define FEATURES FEATURE_NOSIGNAL FEATURE_ACCEPT4 FEATURE_KEEPALIVE \
+    FEATURE_LINUX_TCP FEATURE_SPLICE
 
 #if defined(__GNUC__) || defined(__clang__)
 #define NORETURN __attribute__((noreturn))
@@ -10367,7 +10385,10 @@ main(int argc, char *argv[])
 		usage_error("--control needs -w 1: each worker would have "
 		    "faults and counters of its own");
 	if (o->version) {
-		printf("tcpproxy %s\n", TCPPROXY_VERSION);
+		/* The platform paths it was built with: none is -DTCPPROXY_
+		 * PORTABLE, and what the BSDs and macOS may get. */
+		printf("tcpproxy %s\nplatform:%s\n", TCPPROXY_VERSION,
+		    FEATURES[0] != '\0' ? FEATURES : " portable");
 		return 0;
 	}
 	if (o->check_config) {
