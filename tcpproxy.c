@@ -272,6 +272,9 @@
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
 #endif
+#ifndef TCPPROXY_RESPAWN
+#define TCPPROXY_RESPAWN 1000		/* ms between starts of a worker */
+#endif
 
 /* ---- portability ---- */
 
@@ -9521,39 +9524,87 @@ workers_reap(pid_t *pids, int n, int *rc)
 }
 
 /*
- * Forks the workers of one generation into pids[0..n); each runs its own
- * poll loop on the listeners it inherits.  Returns how many started.
+ * Forks worker w (from 1) of a generation, which runs its own poll loop
+ * on the listeners it inherits and never returns.  Returns its pid, or 0
+ * when fork() failed (said).
  */
-static int
-workers_fork(struct run *r, pid_t *pids, int n, const sigset_t *old,
-    int *rc)
+static pid_t
+worker_start(struct run *r, int w, const sigset_t *old)
 {
 	struct sigaction sa;
-	int i, started = 0;
+	pid_t pid;
+	int rc;
+
+	if ((pid = fork()) == -1) {
+		fprintf(stderr, "tcpproxy: fork: %s\n", strerror(errno));
+		return 0;
+	}
+	if (pid > 0)
+		return pid;
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = SIG_DFL;
+	(void)sigaction(SIGCHLD, &sa, NULL);
+	if (tcpproxy_after_fork(r->p, w) == -1)
+		die("worker %d: %s", w, strerror(errno));
+	got_stop = got_hup = got_usr1 = got_usr2 = 0;
+	the_proxy = r->p;
+	(void)sigprocmask(SIG_SETMASK, old, NULL);
+	rc = run_loop(r, w);
+	tcpproxy_free(r->p);
+	_exit(rc);
+}
+
+/*
+ * Forks the workers of one generation into pids[0..n), and when into
+ * born[0..n).  Returns how many started.
+ */
+static int
+workers_fork(struct run *r, pid_t *pids, long long *born, int n,
+    const sigset_t *old, int *rc)
+{
+	int i;
 
 	for (i = 0; i < n; i++) {
-		if ((pids[i] = fork()) == -1) {
-			fprintf(stderr, "tcpproxy: fork: %s\n",
-			    strerror(errno));
-			pids[i] = 0;
+		born[i] = now_ms();
+		if ((pids[i] = worker_start(r, i + 1, old)) == 0) {
 			*rc = 1;
 			break;
 		}
-		if (pids[i] == 0) {
-			memset(&sa, 0, sizeof(sa));
-			sigemptyset(&sa.sa_mask);
-			sa.sa_handler = SIG_DFL;
-			(void)sigaction(SIGCHLD, &sa, NULL);
-			if (tcpproxy_after_fork(r->p, i + 1) == -1)
-				die("worker %d: %s", i + 1, strerror(errno));
-			got_stop = got_hup = got_usr1 = got_usr2 = 0;
-			the_proxy = r->p;
-			(void)sigprocmask(SIG_SETMASK, old, NULL);
-			i = run_loop(r, i + 1);
-			tcpproxy_free(r->p);
-			_exit(i);
+	}
+	return i;
+}
+
+/*
+ * Starts again each worker of the serving generation, pids[0..n), that
+ * ended while the proxy was not stopping, so that n workers serve.  One
+ * that lived less than TCPPROXY_RESPAWN ms waits out the rest, so that a
+ * worker that cannot live is not forked in a loop.
+ * Returns how many it started; *due says whether some still wait.
+ */
+static int
+workers_respawn(struct run *r, pid_t *pids, long long *born, int n,
+    const sigset_t *old, int *due)
+{
+	long long now = now_ms();
+	char line[64];
+	int i, started = 0;
+
+	*due = 0;
+	for (i = 0; i < n; i++) {
+		if (pids[i] != 0)
+			continue;
+		if (now - born[i] < TCPPROXY_RESPAWN) {
+			*due = 1;
+			continue;
 		}
-		started++;
+		snprintf(line, sizeof(line), "starting worker %d again", i + 1);
+		log_out(TCPPROXY_LOG_ERROR, line);
+		born[i] = now;
+		if ((pids[i] = worker_start(r, i + 1, old)) != 0)
+			started++;
+		else
+			*due = 1;	/* tried again in a while */
 	}
 	return started;
 }
@@ -9574,7 +9625,9 @@ workers_signal(const pid_t *pids, int n, int sig)
  * so a second one ends their grace period; SIGUSR1 too.  On SIGHUP the
  * parent reloads (binding what is new), starts a new generation of
  * workers and lets the old ones drain: they close their listeners and
- * finish their bridges however long they take.  Returns main's status.
+ * finish their bridges however long they take.  A worker of the new
+ * generation that ends unasked is started again (workers_respawn).
+ * Returns main's status.
  */
 static int
 run_workers(struct run *r, int n)
@@ -9582,9 +9635,14 @@ run_workers(struct run *r, int n)
 	struct sigaction sa;
 	sigset_t block, old;
 	pid_t *pids = NULL, *grown;
-	int npids = 0, alive = 0, rc = 0, k;
+	long long *born;
+	int npids = 0, alive = 0, rc = 0, k, due;
 	sig_atomic_t forwarded = 0;
 
+	if ((born = calloc((size_t)n, sizeof(*born))) == NULL) {
+		fprintf(stderr, "tcpproxy: out of memory\n");
+		return 1;
+	}
 	memset(&sa, 0, sizeof(sa));
 	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = on_child;
@@ -9621,7 +9679,8 @@ run_workers(struct run *r, int n)
 			} else {
 				pids = grown;
 				memset(pids + npids, 0, (size_t)n * sizeof(*pids));
-				k = workers_fork(r, pids + npids, n, &old, &rc);
+				k = workers_fork(r, pids + npids, born, n, &old,
+				    &rc);
 				/* The new ones serve: the old ones may go. */
 				workers_signal(pids, npids, SIGUSR2);
 				npids += n;
@@ -9641,21 +9700,25 @@ wait:
 			got_usr1 = 0;
 			workers_signal(pids, npids, SIGUSR1);
 		}
-		if (alive == 0)
-			break;
 		if ((k = workers_reap(pids, npids, &rc)) == -1)
 			break;
 		alive -= k;
-		if (alive > 0 && forwarded == got_stop && !got_hup &&
-		    !got_usr1) {
+		due = 0;
+		if (!got_stop && npids > 0)
+			alive += workers_respawn(r, pids + npids - n, born, n,
+			    &old, &due);
+		if (alive == 0 && !due)
+			break;
+		if (forwarded == got_stop && !got_hup && !got_usr1) {
 			/* A second at most, then the watch looks again. */
-			if (watch_timeout(r) >= 0)
+			if (due || watch_timeout(r) >= 0)
 				(void)alarm(1);
 			(void)sigsuspend(&old);
 		}
 	}
 	(void)alarm(0);
 	free(pids);
+	free(born);
 	return rc;
 }
 
