@@ -25,6 +25,8 @@
  *   listener  a bound socket and the service it feeds.  A reload hands a
  *             listener whose address is unchanged to the new service of
  *             that address, descriptor and all: no client is refused.
+ *             With -w where the kernel balances, a TCP listener is one
+ *             socket per worker (see below).
  *   bridge    an accepted client paired with one connection to a backend.
  *             Its state is explicit: QUEUED (held by max_clients, no
  *             server socket yet), PREAMBLE (reading a PROXY header or a
@@ -152,6 +154,21 @@
  * parent reloads, forks a new generation of workers on its listeners and
  * lets the old ones drain, since a worker alone could not bind what is
  * new), and writes the pid file, the dumps and rinetd's log.
+ *
+ * With -w N where the kernel spreads the clients of a port over the
+ * sockets bound to it (REUSEPORT, Linux), the parent binds N sockets for
+ * each TCP address and keeps them all, and worker w accepts on the w-th
+ * only (tcpproxy_after_fork): who gets a client is the kernel's hash of
+ * its address, not whichever worker wakes first, as with one shared
+ * socket.  Closing a listening socket resets the clients queued on it,
+ * so none is closed while its address is served: worker w of a new
+ * generation, or one started again after worker w ended, takes socket w
+ * again.  The price: a worker at its -c limit or out of descriptors
+ * leaves the clients hashed to its socket waiting in its queue, which
+ * the others would have taken from a shared one.  Unix sockets, and
+ * systems where the option does not balance, keep one socket that the
+ * workers share; so do workers beyond the sockets a descriptor limit let
+ * the parent bind.
  *
  * A data hook sees each chunk between recv() and its queue.  It may hold
  * bytes back or have more to add than its room: when a flow stops being
@@ -319,6 +336,26 @@ int accept4(int, struct sockaddr *, socklen_t *, int);
 #define KEEPALIVE_IDLE TCP_KEEPIDLE
 #elif defined(TCP_KEEPALIVE)
 #define KEEPALIVE_IDLE TCP_KEEPALIVE
+#endif
+
+/*
+ * Sockets bound to one port with SO_REUSEPORT share its clients on Linux
+ * (3.9 on): the kernel spreads them by a hash of their addresses, so -w
+ * gives each worker a listening socket of its own (see listener_twin)
+ * and no worker's wake-ups decide who gets the next client.  On the BSDs
+ * and macOS the option lets sockets share a port but one of them gets
+ * every client, so there, and with TCPPROXY_PORTABLE, the workers share
+ * one socket.  REUSEPORT is the option, or 0 where none balances.
+ */
+#if defined(__linux__) && !defined(TCPPROXY_PORTABLE)
+#ifndef SO_REUSEPORT
+#include <asm/socket.h>		/* glibc shows it only beyond POSIX */
+#endif
+#endif
+#if defined(__linux__) && !defined(TCPPROXY_PORTABLE) && defined(SO_REUSEPORT)
+#define REUSEPORT SO_REUSEPORT
+#else
+#define REUSEPORT 0
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -595,11 +632,17 @@ struct ctl {
 	int reload;			/* a reload to do, then answer */
 };
 
-/* A bound socket and the service it feeds. */
+/*
+ * A bound socket and the service it feeds.  With -w where REUSEPORT
+ * balances, a TCP listener is one socket per worker, fd and its twins,
+ * until tcpproxy_after_fork() leaves a worker its own (listener_pick).
+ */
 struct listener {
 	int fd;
 	struct service *svc;
 	struct addr a;
+	int *twins;			/* more sockets bound to a, or NULL */
+	size_t ntwins;
 	int kept;			/* reload: claimed by a new service */
 	int fresh;			/* bound by the last switch */
 	pid_t owner;			/* a Unix socket's creator removes it */
@@ -991,17 +1034,15 @@ bad:
 }
 
 /*
- * Binds and listens on one address; returns the descriptor, or -1 with
- * errno set.
+ * Binds a TCP socket to sa, with SO_REUSEADDR and, if share is set,
+ * REUSEPORT (before bind(), as the kernel wants it on every socket of a
+ * port it spreads).  Returns the descriptor, or -1 with errno set.
  */
 static int
-listen_on(const struct sockaddr *sa, socklen_t len, unsigned int mode)
+tcp_bind(const struct sockaddr *sa, socklen_t len, int share)
 {
 	int fd, one = 1;
 
-	if (sa->sa_family == AF_UNIX)
-		return listen_unix((const struct sockaddr_un *)(const void *)sa,
-		    len, mode);
 	if ((fd = socket(sa->sa_family, SOCK_STREAM | SOCK_FLAGS, 0)) == -1)
 		return -1;
 	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -1011,9 +1052,33 @@ listen_on(const struct sockaddr *sa, socklen_t len, unsigned int mode)
 		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
 		    sizeof(one));
 #endif
+	/* Best effort: without it, binding a twin fails (listener_twin). */
+	if (share && REUSEPORT != 0)
+		(void)setsockopt(fd, SOL_SOCKET, REUSEPORT, &one, sizeof(one));
 	if ((SOCK_FLAGS == 0 && fd_prepare(fd) == -1) ||
-	    bind(fd, sa, len) == -1 ||
-	    listen(fd, TCPPROXY_BACKLOG) == -1) {
+	    bind(fd, sa, len) == -1) {
+		fd_close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Binds and listens on one address, TCP sockets with REUSEPORT if share
+ * is set; returns the descriptor, or -1 with errno set.
+ */
+static int
+listen_on(const struct sockaddr *sa, socklen_t len, unsigned int mode,
+    int share)
+{
+	int fd;
+
+	if (sa->sa_family == AF_UNIX)
+		return listen_unix((const struct sockaddr_un *)(const void *)sa,
+		    len, mode);
+	if ((fd = tcp_bind(sa, len, share)) == -1)
+		return -1;
+	if (listen(fd, TCPPROXY_BACKLOG) == -1) {
 		fd_close(fd);
 		return -1;
 	}
@@ -5144,7 +5209,7 @@ ctl_open(struct tcpproxy *p, const char *path, char *err, size_t errlen)
 	p->ctl_addr = a[0];
 	free(a);
 	if ((p->ctl_fd = listen_on((struct sockaddr *)&p->ctl_addr.ss,
-	    p->ctl_addr.len, 0600)) == -1)
+	    p->ctl_addr.len, 0600, 0)) == -1)
 		return failed(err, errlen, errno, "cannot listen on control "
 		    "socket %s: %s", path, strerror(errno));
 	p->ctl_owner = getpid();
@@ -5280,9 +5345,19 @@ listener_accept(struct tcpproxy *p, size_t i)
 	listeners_update(p);
 }
 
+/* Closes the twins of l (see listener_twin). */
+static void
+twins_close(struct listener *l)
+{
+	while (l->ntwins > 0)
+		fd_close(l->twins[--l->ntwins]);
+	free(l->twins);
+	l->twins = NULL;
+}
+
 /*
- * Closes a listener; a Unix socket's file goes with it, if this process
- * made it (a worker leaves it to its parent).
+ * Closes a listener and its twins; a Unix socket's file goes with it, if
+ * this process made it (a worker leaves it to its parent).
  */
 static void
 listener_close(struct listener *l)
@@ -5291,6 +5366,27 @@ listener_close(struct listener *l)
 		(void)unlink(((struct sockaddr_un *)(void *)&l->a.ss)->sun_path);
 	fd_close(l->fd);
 	l->fd = -1;
+	twins_close(l);
+}
+
+/*
+ * Leaves worker w (from 1) the socket of l that is its own, socket
+ * (w - 1) % (1 + l->ntwins) where fd is socket 0, and closes the others:
+ * they are the other workers'.  The parent keeps them all, so closing
+ * them here resets no client queued on them.
+ */
+static void
+listener_pick(struct listener *l, int w)
+{
+	size_t k = (size_t)(w - 1) % (1 + l->ntwins);
+	int fd;
+
+	if (k > 0) {
+		fd = l->fd;
+		l->fd = l->twins[k - 1];
+		l->twins[k - 1] = fd;
+	}
+	twins_close(l);
 }
 
 /* Closes the listeners: after a stop, new clients are refused. */
@@ -6679,6 +6775,74 @@ plan_abandon(struct tcpproxy *p, struct listener *lis, size_t n)
 }
 
 /*
+ * Binds n more sockets to the address of l for the other workers, with
+ * REUSEPORT as l->fd has it, at the port l->fd got (port 0 as written is
+ * picked once).  Fewer is no failure (out of descriptors, a kernel
+ * without the option): the workers then share them, worker w taking
+ * socket (w - 1) % (1 + ntwins) (listener_pick), so every socket still
+ * has a worker to accept the clients the kernel queues on it.
+ */
+static void
+listener_twin(struct tcpproxy *p, struct listener *l, size_t n)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&l->a.ss;
+	int fd;
+
+	if (n == 0)
+		return;
+	if ((l->twins = calloc(n, sizeof(*l->twins))) == NULL)
+		errno = ENOMEM;
+	else
+		while (l->ntwins < n && (fd = listen_on(sa, l->a.len, 0, 1)) !=
+		    -1)
+			l->twins[l->ntwins++] = fd;
+	if (l->ntwins < n)
+		say(p, TCPPROXY_LOG_ERROR, "%lu workers share %lu sockets on "
+		    "%s: %s", (unsigned long)n + 1,
+		    (unsigned long)l->ntwins + 1, l->a.name, strerror(errno));
+}
+
+/*
+ * Binds l, fresh in a plan, to its address: a TCP listener gets a socket
+ * per worker where REUSEPORT balances (listener_twin), a Unix one is
+ * shared.  Returns 0, or -1 with errno set.
+ */
+static int
+listener_bind(struct tcpproxy *p, struct listener *l)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&l->a.ss;
+	unsigned long w = p->cfg.program.workers;
+	size_t more = REUSEPORT != 0 && sa->sa_family != AF_UNIX && w > 1 ?
+	    (size_t)w - 1 : 0;
+	socklen_t len = sizeof(l->a.ss);
+	int fd;
+
+	/*
+	 * With REUSEPORT a bind to a port that a program of the same user
+	 * listens on with it too would not fail but take part of its
+	 * clients: a plain bind (no listen(), so no client queues on it)
+	 * checks first that the port is free.  A port 0 needs no check: the
+	 * kernel picks one that nobody listens on.
+	 */
+	if (more > 0 && sa_port(sa) != 0) {
+		if ((fd = tcp_bind(sa, l->a.len, 0)) == -1)
+			return -1;
+		fd_close(fd);
+	}
+	if ((l->fd = listen_on(sa, l->a.len, l->svc->socket_mode, more > 0)) ==
+	    -1)
+		return -1;
+	l->fresh = 1;
+	l->owner = getpid();
+	(void)getsockname(l->fd, (struct sockaddr *)&l->a.ss, &len);
+	l->a.len = len;
+	addr_name((struct sockaddr *)&l->a.ss, len, l->a.name,
+	    sizeof(l->a.name));
+	listener_twin(p, l, more);
+	return 0;
+}
+
+/*
  * Binds every address the local host of each new service resolves to,
  * keeping the listeners of p whose address is unchanged.  With port 0
  * the first bind picks the port and the others reuse it.  An address
@@ -6725,10 +6889,11 @@ listeners_plan(struct tcpproxy *p, struct service *head, size_t *n,
 			if ((grown = listener_find(p, svc, &l->a)) != NULL) {
 				grown->kept = 1;
 				l->fd = grown->fd;
+				l->twins = grown->twins;
+				l->ntwins = grown->ntwins;
 				l->a = grown->a;
 				l->owner = grown->owner;
-			} else if ((l->fd = listen_on((struct sockaddr *)
-			    &l->a.ss, l->a.len, svc->socket_mode)) == -1) {
+			} else if (listener_bind(p, l) == -1) {
 				saved = errno;
 				addr_name((struct sockaddr *)&l->a.ss, l->a.len,
 				    msg, sizeof(msg));
@@ -6744,16 +6909,6 @@ listeners_plan(struct tcpproxy *p, struct service *head, size_t *n,
 				    "%s: %s", svc->where, msg,
 				    strerror(saved));
 				goto bad;
-			} else {
-				socklen_t len = sizeof(l->a.ss);
-
-				l->fresh = 1;
-				l->owner = getpid();
-				(void)getsockname(l->fd,
-				    (struct sockaddr *)&l->a.ss, &len);
-				l->a.len = len;
-				addr_name((struct sockaddr *)&l->a.ss, len,
-				    l->a.name, sizeof(l->a.name));
 			}
 			if (port == 0)
 				port = fd_port(l->fd);
@@ -7233,14 +7388,21 @@ tcpproxy_wake(struct tcpproxy *p)
 int
 tcpproxy_after_fork(struct tcpproxy *p, int worker)
 {
+	size_t i;
+
 	fd_close(p->wake[0]);
 	fd_close(p->wake[1]);
 	if (wake_open(p) == -1)
 		return -1;
 	p->pfd[0].fd = p->wake[0];
 	p->worker[0] = '\0';
-	if (worker > 0)
+	if (worker > 0) {
 		snprintf(p->worker, sizeof(p->worker), " worker=%d", worker);
+		for (i = 0; i < p->nlisten; i++)
+			listener_pick(&p->lis[i], worker);
+		if (p->accepting != ACCEPT_OFF)
+			listeners_update(p);
+	}
 	return 0;
 }
 
@@ -9525,8 +9687,9 @@ workers_reap(pid_t *pids, int n, int *rc)
 
 /*
  * Forks worker w (from 1) of a generation, which runs its own poll loop
- * on the listeners it inherits and never returns.  Returns its pid, or 0
- * when fork() failed (said).
+ * on the listeners it inherits (its own socket of each, where there is
+ * one per worker) and never returns.  Returns its pid, or 0 when fork()
+ * failed (said).
  */
 static pid_t
 worker_start(struct run *r, int w, const sigset_t *old)
@@ -9577,9 +9740,11 @@ workers_fork(struct run *r, pid_t *pids, long long *born, int n,
 
 /*
  * Starts again each worker of the serving generation, pids[0..n), that
- * ended while the proxy was not stopping, so that n workers serve.  One
- * that lived less than TCPPROXY_RESPAWN ms waits out the rest, so that a
- * worker that cannot live is not forked in a loop.
+ * ended while the proxy was not stopping: where each worker has a socket
+ * of its own (listener_twin), the clients the kernel queues on a dead
+ * worker's socket would wait for nobody; the new worker w takes socket w
+ * again.  One that lived less than TCPPROXY_RESPAWN ms waits out the
+ * rest, so that a worker that cannot live is not forked in a loop.
  * Returns how many it started; *due says whether some still wait.
  */
 static int
