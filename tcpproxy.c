@@ -8848,7 +8848,7 @@ help(void)
 	    "      --dump-file FILE        write the hex dump to FILE\n"
 	    "      --dump-dir DIR          save each bridge's raw bytes in "
 	    "DIR\n"
-	    "  -w, --workers N             N processes share the listener\n"
+	    "  -w, --workers N             N worker processes serve clients\n"
 	    "  -u, --user USER[:GROUP]     drop privileges after binding\n"
 	    "      --pid-file FILE         write the process id to FILE\n"
 	    "      --fault SPEC            inject a fault, ACTION[=ARG][,KEY=VAL]... "
