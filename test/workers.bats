@@ -69,11 +69,15 @@ one_socket() {
 	done
 }
 
-# need_reuseport: skips unless the build gives each worker a socket
-# (Linux; a -DTCPPROXY_PORTABLE build has the shared one).
+# need_reuseport: skips unless the build gives each worker a socket:
+# on Linux, unless the suite runs a -DTCPPROXY_PORTABLE build (make test
+# CPPFLAGS=..., which make passes down in MAKEFLAGS).
 need_reuseport() {
 	need_proc
 	[ "$(uname -s)" = Linux ] || skip "SO_REUSEPORT balances on Linux only"
+	case "${MAKEFLAGS:-} ${CPPFLAGS:-} ${CFLAGS:-}" in
+	*TCPPROXY_PORTABLE*) skip "a -DTCPPROXY_PORTABLE build shares one socket" ;;
+	esac
 }
 
 # closes_by FILE W: prints how many close lines of FILE worker W logged.
