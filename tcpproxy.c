@@ -25,6 +25,8 @@
  *   listener  a bound socket and the service it feeds.  A reload hands a
  *             listener whose address is unchanged to the new service of
  *             that address, descriptor and all: no client is refused.
+ *             With -w where the kernel balances, a TCP listener is one
+ *             socket per worker (see below).
  *   bridge    an accepted client paired with one connection to a backend.
  *             Its state is explicit: QUEUED (held by max_clients, no
  *             server socket yet), PREAMBLE (reading a PROXY header or a
@@ -164,6 +166,21 @@
  * lets the old ones drain, since a worker alone could not bind what is
  * new), and writes the pid file, the dumps and rinetd's log.
  *
+ * With -w N where the kernel spreads the clients of a port over the
+ * sockets bound to it (REUSEPORT, Linux), the parent binds N sockets for
+ * each TCP address and keeps them all, and worker w accepts on the w-th
+ * only (tcpproxy_after_fork): who gets a client is the kernel's hash of
+ * its address, not whichever worker wakes first, as with one shared
+ * socket.  Closing a listening socket resets the clients queued on it,
+ * so none is closed while its address is served: worker w of a new
+ * generation, or one started again after worker w ended, takes socket w
+ * again.  The price: a worker at its -c limit or out of descriptors
+ * leaves the clients hashed to its socket waiting in its queue, which
+ * the others would have taken from a shared one.  Unix sockets, and
+ * systems where the option does not balance, keep one socket that the
+ * workers share; so do workers beyond the sockets a descriptor limit let
+ * the parent bind.
+ *
  * A data hook sees each chunk between recv() and its queue.  It may hold
  * bytes back or have more to add than its room: when a flow stops being
  * read (flow_stop) the hook gets a last call with no bytes, and a hook
@@ -288,6 +305,9 @@
 #endif
 #ifndef TCPPROXY_NOTE_INTERVAL
 #define TCPPROXY_NOTE_INTERVAL 60000	/* ms between repeated warnings */
+#endif
+#ifndef TCPPROXY_RESPAWN
+#define TCPPROXY_RESPAWN 1000		/* ms between starts of a worker */
 #endif
 
 /* ---- portability ---- */
@@ -416,6 +436,26 @@ int pipe2(int[2], int);
 /* What this build takes of the platform, for -V. */
 #define FEATURES FEATURE_NOSIGNAL FEATURE_ACCEPT4 FEATURE_KEEPALIVE \
     FEATURE_LINUX_TCP FEATURE_SPLICE
+
+/*
+ * Sockets bound to one port with SO_REUSEPORT share its clients on Linux
+ * (3.9 on): the kernel spreads them by a hash of their addresses, so -w
+ * gives each worker a listening socket of its own (see listener_twin)
+ * and no worker's wake-ups decide who gets the next client.  On the BSDs
+ * and macOS the option lets sockets share a port but one of them gets
+ * every client, so there, and with TCPPROXY_PORTABLE, the workers share
+ * one socket.  REUSEPORT is the option, or 0 where none balances.
+ */
+#if defined(__linux__) && !defined(TCPPROXY_PORTABLE)
+#ifndef SO_REUSEPORT
+#include <asm/socket.h>		/* glibc shows it only beyond POSIX */
+#endif
+#endif
+#if defined(__linux__) && !defined(TCPPROXY_PORTABLE) && defined(SO_REUSEPORT)
+#define REUSEPORT SO_REUSEPORT
+#else
+#define REUSEPORT 0
+#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 #define NORETURN __attribute__((noreturn))
@@ -715,11 +755,17 @@ struct ctl {
 	int reload;			/* a reload to do, then answer */
 };
 
-/* A bound socket and the service it feeds. */
+/*
+ * A bound socket and the service it feeds.  With -w where REUSEPORT
+ * balances, a TCP listener is one socket per worker, fd and its twins,
+ * until tcpproxy_after_fork() leaves a worker its own (listener_pick).
+ */
 struct listener {
 	int fd;
 	struct service *svc;
 	struct addr a;
+	int *twins;			/* more sockets bound to a, or NULL */
+	size_t ntwins;
 	int kept;			/* reload: claimed by a new service */
 	int fresh;			/* bound by the last switch */
 	pid_t owner;			/* a Unix socket's creator removes it */
@@ -1124,17 +1170,15 @@ bad:
 }
 
 /*
- * Binds and listens on one address; returns the descriptor, or -1 with
- * errno set.
+ * Binds a TCP socket to sa, with SO_REUSEADDR and, if share is set,
+ * REUSEPORT (before bind(), as the kernel wants it on every socket of a
+ * port it spreads).  Returns the descriptor, or -1 with errno set.
  */
 static int
-listen_on(const struct sockaddr *sa, socklen_t len, unsigned int mode)
+tcp_bind(const struct sockaddr *sa, socklen_t len, int share)
 {
 	int fd, one = 1;
 
-	if (sa->sa_family == AF_UNIX)
-		return listen_unix((const struct sockaddr_un *)(const void *)sa,
-		    len, mode);
 	if ((fd = socket(sa->sa_family, SOCK_STREAM | SOCK_FLAGS, 0)) == -1)
 		return -1;
 	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -1146,9 +1190,33 @@ listen_on(const struct sockaddr *sa, socklen_t len, unsigned int mode)
 		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
 		    sizeof(one));
 #endif
+	/* Best effort: without it, binding a twin fails (listener_twin). */
+	if (share && REUSEPORT != 0)
+		(void)setsockopt(fd, SOL_SOCKET, REUSEPORT, &one, sizeof(one));
 	if ((SOCK_FLAGS == 0 && fd_prepare(fd) == -1) ||
-	    bind(fd, sa, len) == -1 ||
-	    listen(fd, TCPPROXY_BACKLOG) == -1) {
+	    bind(fd, sa, len) == -1) {
+		fd_close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Binds and listens on one address, TCP sockets with REUSEPORT if share
+ * is set; returns the descriptor, or -1 with errno set.
+ */
+static int
+listen_on(const struct sockaddr *sa, socklen_t len, unsigned int mode,
+    int share)
+{
+	int fd;
+
+	if (sa->sa_family == AF_UNIX)
+		return listen_unix((const struct sockaddr_un *)(const void *)sa,
+		    len, mode);
+	if ((fd = tcp_bind(sa, len, share)) == -1)
+		return -1;
+	if (listen(fd, TCPPROXY_BACKLOG) == -1) {
 		fd_close(fd);
 		return -1;
 	}
@@ -5576,7 +5644,7 @@ ctl_open(struct tcpproxy *p, const char *path, char *err, size_t errlen)
 	p->ctl_addr = a[0];
 	free(a);
 	if ((p->ctl_fd = listen_on((struct sockaddr *)&p->ctl_addr.ss,
-	    p->ctl_addr.len, 0600)) == -1)
+	    p->ctl_addr.len, 0600, 0)) == -1)
 		return failed(err, errlen, errno, "cannot listen on control "
 		    "socket %s: %s", path, strerror(errno));
 	p->ctl_owner = getpid();
@@ -5729,9 +5797,19 @@ listener_accept(struct tcpproxy *p, size_t i)
 	listeners_update(p);
 }
 
+/* Closes the twins of l (see listener_twin). */
+static void
+twins_close(struct listener *l)
+{
+	while (l->ntwins > 0)
+		fd_close(l->twins[--l->ntwins]);
+	free(l->twins);
+	l->twins = NULL;
+}
+
 /*
- * Closes a listener; a Unix socket's file goes with it, if this process
- * made it (a worker leaves it to its parent).
+ * Closes a listener and its twins; a Unix socket's file goes with it, if
+ * this process made it (a worker leaves it to its parent).
  */
 static void
 listener_close(struct listener *l)
@@ -5740,6 +5818,27 @@ listener_close(struct listener *l)
 		(void)unlink(((struct sockaddr_un *)(void *)&l->a.ss)->sun_path);
 	fd_close(l->fd);
 	l->fd = -1;
+	twins_close(l);
+}
+
+/*
+ * Leaves worker w (from 1) the socket of l that is its own, socket
+ * (w - 1) % (1 + l->ntwins) where fd is socket 0, and closes the others:
+ * they are the other workers'.  The parent keeps them all, so closing
+ * them here resets no client queued on them.
+ */
+static void
+listener_pick(struct listener *l, int w)
+{
+	size_t k = (size_t)(w - 1) % (1 + l->ntwins);
+	int fd;
+
+	if (k > 0) {
+		fd = l->fd;
+		l->fd = l->twins[k - 1];
+		l->twins[k - 1] = fd;
+	}
+	twins_close(l);
 }
 
 /* Closes the listeners: after a stop, new clients are refused. */
@@ -7129,6 +7228,74 @@ plan_abandon(struct tcpproxy *p, struct listener *lis, size_t n)
 }
 
 /*
+ * Binds n more sockets to the address of l for the other workers, with
+ * REUSEPORT as l->fd has it, at the port l->fd got (port 0 as written is
+ * picked once).  Fewer is no failure (out of descriptors, a kernel
+ * without the option): the workers then share them, worker w taking
+ * socket (w - 1) % (1 + ntwins) (listener_pick), so every socket still
+ * has a worker to accept the clients the kernel queues on it.
+ */
+static void
+listener_twin(struct tcpproxy *p, struct listener *l, size_t n)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&l->a.ss;
+	int fd;
+
+	if (n == 0)
+		return;
+	if ((l->twins = calloc(n, sizeof(*l->twins))) == NULL)
+		errno = ENOMEM;
+	else
+		while (l->ntwins < n && (fd = listen_on(sa, l->a.len, 0, 1)) !=
+		    -1)
+			l->twins[l->ntwins++] = fd;
+	if (l->ntwins < n)
+		say(p, TCPPROXY_LOG_ERROR, "%lu workers share %lu sockets on "
+		    "%s: %s", (unsigned long)n + 1,
+		    (unsigned long)l->ntwins + 1, l->a.name, strerror(errno));
+}
+
+/*
+ * Binds l, fresh in a plan, to its address: a TCP listener gets a socket
+ * per worker where REUSEPORT balances (listener_twin), a Unix one is
+ * shared.  Returns 0, or -1 with errno set.
+ */
+static int
+listener_bind(struct tcpproxy *p, struct listener *l)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&l->a.ss;
+	unsigned long w = p->cfg.program.workers;
+	size_t more = REUSEPORT != 0 && sa->sa_family != AF_UNIX && w > 1 ?
+	    (size_t)w - 1 : 0;
+	socklen_t len = sizeof(l->a.ss);
+	int fd;
+
+	/*
+	 * With REUSEPORT a bind to a port that a program of the same user
+	 * listens on with it too would not fail but take part of its
+	 * clients: a plain bind (no listen(), so no client queues on it)
+	 * checks first that the port is free.  A port 0 needs no check: the
+	 * kernel picks one that nobody listens on.
+	 */
+	if (more > 0 && sa_port(sa) != 0) {
+		if ((fd = tcp_bind(sa, l->a.len, 0)) == -1)
+			return -1;
+		fd_close(fd);
+	}
+	if ((l->fd = listen_on(sa, l->a.len, l->svc->socket_mode, more > 0)) ==
+	    -1)
+		return -1;
+	l->fresh = 1;
+	l->owner = getpid();
+	(void)getsockname(l->fd, (struct sockaddr *)&l->a.ss, &len);
+	l->a.len = len;
+	addr_name((struct sockaddr *)&l->a.ss, len, l->a.name,
+	    sizeof(l->a.name));
+	listener_twin(p, l, more);
+	return 0;
+}
+
+/*
  * Binds every address the local host of each new service resolves to,
  * keeping the listeners of p whose address is unchanged.  With port 0
  * the first bind picks the port and the others reuse it.  An address
@@ -7175,10 +7342,11 @@ listeners_plan(struct tcpproxy *p, struct service *head, size_t *n,
 			if ((grown = listener_find(p, svc, &l->a)) != NULL) {
 				grown->kept = 1;
 				l->fd = grown->fd;
+				l->twins = grown->twins;
+				l->ntwins = grown->ntwins;
 				l->a = grown->a;
 				l->owner = grown->owner;
-			} else if ((l->fd = listen_on((struct sockaddr *)
-			    &l->a.ss, l->a.len, svc->socket_mode)) == -1) {
+			} else if (listener_bind(p, l) == -1) {
 				saved = errno;
 				addr_name((struct sockaddr *)&l->a.ss, l->a.len,
 				    msg, sizeof(msg));
@@ -7194,16 +7362,6 @@ listeners_plan(struct tcpproxy *p, struct service *head, size_t *n,
 				    "%s: %s", svc->where, msg,
 				    strerror(saved));
 				goto bad;
-			} else {
-				socklen_t len = sizeof(l->a.ss);
-
-				l->fresh = 1;
-				l->owner = getpid();
-				(void)getsockname(l->fd,
-				    (struct sockaddr *)&l->a.ss, &len);
-				l->a.len = len;
-				addr_name((struct sockaddr *)&l->a.ss, len,
-				    l->a.name, sizeof(l->a.name));
 			}
 			if (port == 0)
 				port = fd_port(l->fd);
@@ -7709,14 +7867,21 @@ tcpproxy_wake(struct tcpproxy *p)
 int
 tcpproxy_after_fork(struct tcpproxy *p, int worker)
 {
+	size_t i;
+
 	fd_close(p->wake[0]);
 	fd_close(p->wake[1]);
 	if (wake_open(p) == -1)
 		return -1;
 	p->pfd[0].fd = p->wake[0];
 	p->worker[0] = '\0';
-	if (worker > 0)
+	if (worker > 0) {
 		snprintf(p->worker, sizeof(p->worker), " worker=%d", worker);
+		for (i = 0; i < p->nlisten; i++)
+			listener_pick(&p->lis[i], worker);
+		if (p->accepting != ACCEPT_OFF)
+			listeners_update(p);
+	}
 	return 0;
 }
 
@@ -9171,7 +9336,7 @@ help(void)
 	    "      --dump-file FILE        write the hex dump to FILE\n"
 	    "      --dump-dir DIR          save each bridge's raw bytes in "
 	    "DIR\n"
-	    "  -w, --workers N             N processes share the listener\n"
+	    "  -w, --workers N             N worker processes serve clients\n"
 	    "  -u, --user USER[:GROUP]     drop privileges after binding\n"
 	    "      --pid-file FILE         write the process id to FILE\n"
 	    "      --fault SPEC            inject a fault, ACTION[=ARG][,KEY=VAL]... "
@@ -10009,39 +10174,90 @@ workers_reap(pid_t *pids, int n, int *rc)
 }
 
 /*
- * Forks the workers of one generation into pids[0..n); each runs its own
- * poll loop on the listeners it inherits.  Returns how many started.
+ * Forks worker w (from 1) of a generation, which runs its own poll loop
+ * on the listeners it inherits (its own socket of each, where there is
+ * one per worker) and never returns.  Returns its pid, or 0 when fork()
+ * failed (said).
  */
-static int
-workers_fork(struct run *r, pid_t *pids, int n, const sigset_t *old,
-    int *rc)
+static pid_t
+worker_start(struct run *r, int w, const sigset_t *old)
 {
 	struct sigaction sa;
-	int i, started = 0;
+	pid_t pid;
+	int rc;
+
+	if ((pid = fork()) == -1) {
+		fprintf(stderr, "tcpproxy: fork: %s\n", strerror(errno));
+		return 0;
+	}
+	if (pid > 0)
+		return pid;
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = SIG_DFL;
+	(void)sigaction(SIGCHLD, &sa, NULL);
+	if (tcpproxy_after_fork(r->p, w) == -1)
+		die("worker %d: %s", w, strerror(errno));
+	got_stop = got_hup = got_usr1 = got_usr2 = 0;
+	the_proxy = r->p;
+	(void)sigprocmask(SIG_SETMASK, old, NULL);
+	rc = run_loop(r, w);
+	tcpproxy_free(r->p);
+	_exit(rc);
+}
+
+/*
+ * Forks the workers of one generation into pids[0..n), and when into
+ * born[0..n).  Returns how many started.
+ */
+static int
+workers_fork(struct run *r, pid_t *pids, long long *born, int n,
+    const sigset_t *old, int *rc)
+{
+	int i;
 
 	for (i = 0; i < n; i++) {
-		if ((pids[i] = fork()) == -1) {
-			fprintf(stderr, "tcpproxy: fork: %s\n",
-			    strerror(errno));
-			pids[i] = 0;
+		born[i] = now_ms();
+		if ((pids[i] = worker_start(r, i + 1, old)) == 0) {
 			*rc = 1;
 			break;
 		}
-		if (pids[i] == 0) {
-			memset(&sa, 0, sizeof(sa));
-			sigemptyset(&sa.sa_mask);
-			sa.sa_handler = SIG_DFL;
-			(void)sigaction(SIGCHLD, &sa, NULL);
-			if (tcpproxy_after_fork(r->p, i + 1) == -1)
-				die("worker %d: %s", i + 1, strerror(errno));
-			got_stop = got_hup = got_usr1 = got_usr2 = 0;
-			the_proxy = r->p;
-			(void)sigprocmask(SIG_SETMASK, old, NULL);
-			i = run_loop(r, i + 1);
-			tcpproxy_free(r->p);
-			_exit(i);
+	}
+	return i;
+}
+
+/*
+ * Starts again each worker of the serving generation, pids[0..n), that
+ * ended while the proxy was not stopping: where each worker has a socket
+ * of its own (listener_twin), the clients the kernel queues on a dead
+ * worker's socket would wait for nobody; the new worker w takes socket w
+ * again.  One that lived less than TCPPROXY_RESPAWN ms waits out the
+ * rest, so that a worker that cannot live is not forked in a loop.
+ * Returns how many it started; *due says whether some still wait.
+ */
+static int
+workers_respawn(struct run *r, pid_t *pids, long long *born, int n,
+    const sigset_t *old, int *due)
+{
+	long long now = now_ms();
+	char line[64];
+	int i, started = 0;
+
+	*due = 0;
+	for (i = 0; i < n; i++) {
+		if (pids[i] != 0)
+			continue;
+		if (now - born[i] < TCPPROXY_RESPAWN) {
+			*due = 1;
+			continue;
 		}
-		started++;
+		snprintf(line, sizeof(line), "starting worker %d again", i + 1);
+		log_out(TCPPROXY_LOG_ERROR, line);
+		born[i] = now;
+		if ((pids[i] = worker_start(r, i + 1, old)) != 0)
+			started++;
+		else
+			*due = 1;	/* tried again in a while */
 	}
 	return started;
 }
@@ -10062,7 +10278,9 @@ workers_signal(const pid_t *pids, int n, int sig)
  * so a second one ends their grace period; SIGUSR1 too.  On SIGHUP the
  * parent reloads (binding what is new), starts a new generation of
  * workers and lets the old ones drain: they close their listeners and
- * finish their bridges however long they take.  Returns main's status.
+ * finish their bridges however long they take.  A worker of the new
+ * generation that ends unasked is started again (workers_respawn).
+ * Returns main's status.
  */
 static int
 run_workers(struct run *r, int n)
@@ -10070,9 +10288,14 @@ run_workers(struct run *r, int n)
 	struct sigaction sa;
 	sigset_t block, old;
 	pid_t *pids = NULL, *grown;
-	int npids = 0, alive = 0, rc = 0, k;
+	long long *born;
+	int npids = 0, alive = 0, rc = 0, k, due;
 	sig_atomic_t forwarded = 0;
 
+	if ((born = calloc((size_t)n, sizeof(*born))) == NULL) {
+		fprintf(stderr, "tcpproxy: out of memory\n");
+		return 1;
+	}
 	memset(&sa, 0, sizeof(sa));
 	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = on_child;
@@ -10109,7 +10332,8 @@ run_workers(struct run *r, int n)
 			} else {
 				pids = grown;
 				memset(pids + npids, 0, (size_t)n * sizeof(*pids));
-				k = workers_fork(r, pids + npids, n, &old, &rc);
+				k = workers_fork(r, pids + npids, born, n, &old,
+				    &rc);
 				/* The new ones serve: the old ones may go. */
 				workers_signal(pids, npids, SIGUSR2);
 				npids += n;
@@ -10129,21 +10353,25 @@ wait:
 			got_usr1 = 0;
 			workers_signal(pids, npids, SIGUSR1);
 		}
-		if (alive == 0)
-			break;
 		if ((k = workers_reap(pids, npids, &rc)) == -1)
 			break;
 		alive -= k;
-		if (alive > 0 && forwarded == got_stop && !got_hup &&
-		    !got_usr1) {
+		due = 0;
+		if (!got_stop && npids > 0)
+			alive += workers_respawn(r, pids + npids - n, born, n,
+			    &old, &due);
+		if (alive == 0 && !due)
+			break;
+		if (forwarded == got_stop && !got_hup && !got_usr1) {
 			/* A second at most, then the watch looks again. */
-			if (watch_timeout(r) >= 0)
+			if (due || watch_timeout(r) >= 0)
 				(void)alarm(1);
 			(void)sigsuspend(&old);
 		}
 	}
 	(void)alarm(0);
 	free(pids);
+	free(born);
 	return rc;
 }
 

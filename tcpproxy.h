@@ -259,7 +259,8 @@ struct tcpproxy_service {
 
 /*
  * What the grammar reads for the program around the engine (the command
- * line acts on these; the engine ignores them).
+ * line acts on these; the engine ignores them but for workers: see
+ * tcpproxy_after_fork()).
  */
 struct tcpproxy_program {
 	const char *user;		/* -u USER[:GROUP] */
@@ -466,8 +467,15 @@ void tcpproxy_log_stats(struct tcpproxy *p);
  * Prepares a proxy inherited across fork() to run in the child: gives it
  * a stop pipe of its own, and (worker > 0) tags its bridge log lines
  * "worker=N".  Several processes may then run copies of one proxy on the
- * shared listeners.  Call it in the child before tcpproxy_run().  Returns
- * 0, or -1 with errno set.
+ * shared listeners.  Where the kernel balances clients over sockets bound
+ * to one port (SO_REUSEPORT on Linux), a proxy created with
+ * program.workers = N > 1 binds N sockets for each TCP address, and
+ * worker (from 1 to N) keeps the one that is its own and closes the
+ * others.  Every worker from 1 to N must then run, and the parent keep
+ * its copy of the proxy: the clients the kernel queues on a socket wait
+ * for its worker (or one started in its place), and closing the last
+ * copy of a socket resets them.  Call it in the child before
+ * tcpproxy_run().  Returns 0, or -1 with errno set.
  */
 int tcpproxy_after_fork(struct tcpproxy *p, int worker);
 
