@@ -433,10 +433,6 @@ int pipe2(int[2], int);
 #define F_GETPIPE_SZ 0
 #endif
 
-/* What this build takes of the platform, for -V. */
-#define FEATURES FEATURE_NOSIGNAL FEATURE_ACCEPT4 FEATURE_KEEPALIVE \
-    FEATURE_LINUX_TCP FEATURE_SPLICE
-
 /*
  * Sockets bound to one port with SO_REUSEPORT share its clients on Linux
  * (3.9 on): the kernel spreads them by a hash of their addresses, so -w
@@ -453,9 +449,15 @@ int pipe2(int[2], int);
 #endif
 #if defined(__linux__) && !defined(TCPPROXY_PORTABLE) && defined(SO_REUSEPORT)
 #define REUSEPORT SO_REUSEPORT
+#define FEATURE_REUSEPORT " reuseport"
 #else
 #define REUSEPORT 0
+#define FEATURE_REUSEPORT ""
 #endif
+
+/* What this build takes of the platform, for -V. */
+#define FEATURES FEATURE_NOSIGNAL FEATURE_ACCEPT4 FEATURE_KEEPALIVE \
+    FEATURE_LINUX_TCP FEATURE_SPLICE FEATURE_REUSEPORT
 
 #if defined(__GNUC__) || defined(__clang__)
 #define NORETURN __attribute__((noreturn))

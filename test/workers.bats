@@ -69,15 +69,12 @@ one_socket() {
 	done
 }
 
-# need_reuseport: skips unless the build gives each worker a socket:
-# on Linux, unless the suite runs a -DTCPPROXY_PORTABLE build (make test
-# CPPFLAGS=..., which make passes down in MAKEFLAGS).
+# need_reuseport: skips unless the build gives each worker a socket of
+# its own: Linux, and not a -DTCPPROXY_PORTABLE build (-V says which).
 need_reuseport() {
 	need_proc
-	[ "$(uname -s)" = Linux ] || skip "SO_REUSEPORT balances on Linux only"
-	case "${MAKEFLAGS:-} ${CPPFLAGS:-} ${CFLAGS:-}" in
-	*TCPPROXY_PORTABLE*) skip "a -DTCPPROXY_PORTABLE build shares one socket" ;;
-	esac
+	"$TCPPROXY" -V | grep -q '^platform:.* reuseport' ||
+	    skip "this build's workers share one socket"
 }
 
 # closes_by FILE W: prints how many close lines of FILE worker W logged.
