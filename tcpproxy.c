@@ -7279,6 +7279,7 @@ listener_bind(struct tcpproxy *p, struct listener *l)
 	 * checks first that the port is free.  A port 0 needs no check: the
 	 * kernel picks one that nobody listens on.
 	 */
+	/* cppcheck-suppress knownConditionTrueFalse ; 0 without REUSEPORT */
 	if (more > 0 && sa_port(sa) != 0) {
 		if ((fd = tcp_bind(sa, l->a.len, 0)) == -1)
 			return -1;
