@@ -1744,7 +1744,8 @@ pipes_grow(struct tcpproxy *p)
 /*
  * Gives the empty flow f a pipe from the pool, making it if need be.
  * Returns 0, or -1 when none can be had (the cap, the descriptor limit),
- * and the flow is copied as before.
+ * and the flow is copied as before.  The pool may be bigger than a cap
+ * a reload lowered, so the pipes made are held to the cap too.
  */
 static int
 pipe_take(struct tcpproxy *p, struct flow *f)
@@ -1755,7 +1756,7 @@ pipe_take(struct tcpproxy *p, struct flow *f)
 		return -1;
 	pb = &p->pipes[p->pipe_free - 1];
 	if (pb->fd[0] == -1) {
-		if (!pipe_affordable(p) ||
+		if (p->pipes_made >= p->cfg.max_pipes || !pipe_affordable(p) ||
 		    pipe2(pb->fd, O_NONBLOCK | O_CLOEXEC) == -1) {
 			pb->fd[0] = pb->fd[1] = -1;
 			return -1;
@@ -1783,7 +1784,8 @@ pipe_unmake(struct tcpproxy *p, struct pipebuf *pb)
 
 /*
  * Gives flow f's pipe back to the pool.  One that still holds bytes (the
- * flow's receiver is gone) cannot be emptied cheaply, so it is closed.
+ * flow's receiver is gone) cannot be emptied cheaply, and one above a cap
+ * a reload lowered is not kept: either is closed.
  */
 static void
 pipe_give(struct tcpproxy *p, struct flow *f)
@@ -1793,7 +1795,7 @@ pipe_give(struct tcpproxy *p, struct flow *f)
 	if (f->pipe == 0)
 		return;
 	pb = &p->pipes[f->pipe - 1];
-	if (pb->len > 0)
+	if (pb->len > 0 || p->pipes_made > p->cfg.max_pipes)
 		pipe_unmake(p, pb);
 	pb->len = 0;
 	pb->next = p->pipe_free;
@@ -7443,11 +7445,12 @@ tcpproxy_reload(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 	p->cfg.grace = cfg->grace;
 	p->cfg.busy_poll = cfg->busy_poll;
 	p->cfg.verbosity = cfg->verbosity;
-	/* Pipes in use drain as they are; a smaller cap takes effect as the
-	 * pool would grow. */
+	/* Pipes in use drain as they are, then a smaller cap holds; the
+	 * free ones are closed, to be made again as the new settings allow. */
 	p->cfg.no_splice = cfg->no_splice;
 	p->cfg.max_pipes = cfg->max_pipes;
 	p->splice = splice_usable(cfg);
+	pipes_trim(p);
 	/* The listeners bound by this reload say so, like at start. */
 	listeners_announce(p);
 	say(p, TCPPROXY_LOG_ERROR, "reloaded: %lu services, %lu listeners",
