@@ -2059,8 +2059,11 @@ flow_hook(struct tcpproxy *p, struct bridge *b, int s, size_t start,
 	    cap);
 	if (len > cap)
 		len = cap;
-	/* MORE with nothing added would only call again for nothing. */
-	f->more = v == TCPPROXY_MORE && len > 0 ? MORE_DRAINED : MORE_NONE;
+	/* MORE with nothing added would only call again for nothing; a call
+	 * that an earlier MORE asked for stays due when a chunk read before
+	 * the drain gets another verdict. */
+	if (v == TCPPROXY_MORE && len > 0)
+		f->more = MORE_DRAINED;
 	if (v == TCPPROXY_DROP || v == TCPPROXY_CLOSE)
 		len = 0;
 	if (v == TCPPROXY_CLOSE) {
