@@ -1891,7 +1891,7 @@ pipe_make(struct tcpproxy *p, struct pipebuf *pb, size_t size)
 {
 	int got;
 
-	if (!pipe_affordable(p)) {
+	if (p->pipes_made >= p->cfg.max_pipes || !pipe_affordable(p)) {
 		errno = EMFILE;
 		return -1;
 	}
@@ -1917,7 +1917,9 @@ pipe_make(struct tcpproxy *p, struct pipebuf *pb, size_t size)
  * Gives the empty flow f, of buffer size size, a pipe from the pool that
  * holds at least TCPPROXY_PIPE_SIZE bytes, or size if it is bigger,
  * making it if need be.  Returns 0, or -1 when none can be had (the cap,
- * the descriptor limit), and the flow is copied as before.
+ * the descriptor limit), and the flow is copied as before.  The pool may
+ * be bigger than a cap a reload lowered, so the pipes made are held to
+ * the cap too (pipe_make).
  */
 static int
 pipe_take(struct tcpproxy *p, struct flow *f, size_t size)
@@ -1943,7 +1945,8 @@ pipe_take(struct tcpproxy *p, struct flow *f, size_t size)
 
 /*
  * Gives flow f's pipe back to the pool.  One that still holds bytes (the
- * flow's receiver is gone) cannot be emptied cheaply, so it is closed.
+ * flow's receiver is gone) cannot be emptied cheaply, and one above a cap
+ * a reload lowered is not kept: either is closed.
  */
 static void
 pipe_give(struct tcpproxy *p, struct flow *f)
@@ -1953,7 +1956,7 @@ pipe_give(struct tcpproxy *p, struct flow *f)
 	if (f->pipe == 0)
 		return;
 	pb = &p->pipes[f->pipe - 1];
-	if (pb->len > 0)
+	if (pb->len > 0 || p->pipes_made > p->cfg.max_pipes)
 		pipe_unmake(p, pb);
 	pb->len = 0;
 	pb->next = p->pipe_free;
@@ -2217,11 +2220,15 @@ flow_hook(struct tcpproxy *p, struct bridge *b, int s, size_t start,
 	    cap);
 	if (len > cap)
 		len = cap;
-	/* MORE with nothing added would only call again for nothing. */
-	f->more = v == TCPPROXY_MORE && len > 0 ? MORE_DRAINED : MORE_NONE;
+	/* MORE with nothing added would only call again for nothing; a call
+	 * that an earlier MORE asked for stays due when a chunk read before
+	 * the drain gets another verdict. */
+	if (v == TCPPROXY_MORE && len > 0)
+		f->more = MORE_DRAINED;
 	if (v == TCPPROXY_DROP || v == TCPPROXY_CLOSE)
 		len = 0;
 	if (v == TCPPROXY_CLOSE) {
+		f->more = MORE_NONE;	/* nothing more after a close */
 		bridge_end(b, TCPPROXY_REASON_HOOK, 0);
 		b->rd[CLIENT] = b->rd[SERVER] = 0;
 	}
@@ -7720,11 +7727,12 @@ tcpproxy_reload(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 	p->cfg.grace = cfg->grace;
 	p->cfg.busy_poll = cfg->busy_poll;
 	p->cfg.verbosity = cfg->verbosity;
-	/* Pipes in use drain as they are; a smaller cap takes effect as the
-	 * pool would grow. */
+	/* Pipes in use drain as they are, then a smaller cap holds; the
+	 * free ones are closed, to be made again as the new settings allow. */
 	p->cfg.no_splice = cfg->no_splice;
 	p->cfg.max_pipes = cfg->max_pipes;
 	p->splice = splice_usable(cfg);
+	pipes_trim(p);
 	/* The listeners bound by this reload say so, like at start. */
 	listeners_announce(p);
 	say(p, TCPPROXY_LOG_ERROR, "reloaded: %lu services, %lu listeners",
