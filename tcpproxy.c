@@ -7731,7 +7731,16 @@ tcpproxy_reload(struct tcpproxy *p, const struct tcpproxy_config *cfg,
 	 * free ones are closed, to be made again as the new settings allow. */
 	p->cfg.no_splice = cfg->no_splice;
 	p->cfg.max_pipes = cfg->max_pipes;
-	p->splice = splice_usable(cfg);
+	if (p->splice != splice_usable(cfg)) {
+		size_t k;
+
+		/* A flow with a pipe reads or not as p->splice says. */
+		p->splice = !p->splice;
+		for (k = p->nbridges; k-- > 0;)
+			if (p->tab[k]->flow[CLIENT].pipe != 0 ||
+			    p->tab[k]->flow[SERVER].pipe != 0)
+				(void)bridge_settle(p, p->tab[k]);
+	}
 	pipes_trim(p);
 	/* The listeners bound by this reload say so, like at start. */
 	listeners_announce(p);

@@ -15,7 +15,21 @@
  * shrinks, drops, closes, asks for more and adds at the final call), a
  * small buffer, max-bytes, max-clients, busy polling; with max-bytes,
  * byte 1 may also turn on a 2 ms idle timeout or a server port that
- * refuses.
+ * refuses.  Bits 6-7 also pick the splice mode (shared with what they
+ * mean for the buffer size and max-clients): 0 the default pool, 1
+ * max_pipes 2, 2 no_splice, 3 max_pipes 1.  SIGPIPE is ignored, as the
+ * command line does, so splice() is used; a small buffer makes bulk
+ * flows (a read that fills the buffer) easy to come by.
+ *
+ * A connect op with bit 5 set makes a small pair: its ends get small
+ * receive buffers (32 KB) and the proxy's sockets for it small send
+ * buffers (4 KB), so that what the proxy sends them backs up and its
+ * buffers and pipes stay full across steps, as with a slow reader
+ * (loopback's buffers would otherwise take more than a stream carries).
+ *
+ * Op 0xef reloads the same config with the splice mode of the next
+ * byte (its low two bits, as above): pipes in use drain, a lowered cap
+ * holds once they have.
  *
  * Op 0xf7 reloads: tcpproxy_reload() with a config made from the one
  * running and the next byte (see reload()): the same (as the simple case
@@ -46,10 +60,23 @@
  *    (events == want(), fd -1 without interest), no empty buffer held,
  *    timer lists well linked, a bridge's service holds a reference for
  *    it, live services before retired ones, listeners on live services;
+ *  - and the splice pool is: a flow holds a buffer or a pipe, never
+ *    both; a held pipe holds bytes (len > 0), exactly as many as the
+ *    kernel says (FIONREAD), within its capacity (64 KB at least), and
+ *    belongs to one flow of an open bridge that no stage needs to see
+ *    (no hook, no --max-bytes for the client's flow); every entry is held or on the
+ *    free list, once; a free pipe is empty (one that held bytes when its
+ *    receiver died was closed, not put back); pipes_made counts the made
+ *    entries, descriptors open and close-on-exec; no pipe is made while
+ *    no bridge is open, nor beyond max_pipes unless all made are held
+ *    (a reload lowered the cap), nor ever with hooks or with splicing off
+ *    all along; p->splice follows no_splice;
  *  - after closing everything and tcpproxy_free(), the number of open
  *    descriptors (/proc/self/fd) is what it was before the input;
  *  - no ASan/UBSan report.
- * FUZZ_RELAY_DEBUG=1 in the environment prints what each reload did.
+ * FUZZ_RELAY_DEBUG=1 in the environment prints what each reload did and,
+ * per input, how many bytes went through pipes (st->spliced, summed over
+ * the services at each step, the most seen).
  * Time cannot be faked, so --rate stays off, the idle timeout is off or
  * 2 ms (when any bridge may go) and the connect timeout never fires (the
  * server always listens).  The tier
@@ -63,6 +90,8 @@
 #define TCPPROXY_TIER_MIN 2
 #define TCPPROXY_HOT_TTL 3
 #include "tcpproxy.c"
+
+#include <sys/ioctl.h>
 
 #include <dirent.h>
 #include <stdint.h>
@@ -87,6 +116,9 @@ addr_port(const struct addr *a)
 /* Hook modes, from bits 1-2 of the config byte. */
 enum { HOOKS_NONE, HOOKS_CLOSE_ONLY, HOOKS_ACCEPT, HOOKS_ALL };
 
+/* Splice modes, from bits 6-7 of the config byte or op 0xef's byte. */
+enum { SPLICE_DEFAULT, SPLICE_TWO, SPLICE_OFF, SPLICE_ONE };
+
 /* One end of a pair, as the harness sees it. */
 struct end {
 	int fd;				/* -1: not there (yet) or closed */
@@ -108,6 +140,8 @@ struct pair {
 	int mapped;			/* server end found */
 	int hook_closed;		/* on_data said CLOSE */
 	int limited;			/* max-bytes may have cut it */
+	int small;			/* small socket buffers all along */
+	int shrunk[2];			/* the proxy's fd[s] given a small one */
 	int half_close;			/* of the service that took it */
 	unsigned long id;		/* bridge id */
 	/* on_data: bytes seen per direction and what it passed on. */
@@ -124,6 +158,9 @@ struct run {
 	struct tcpproxy_hooks hooks;
 	int lfd;			/* the harness's server listener */
 	int half_close, hookmode, stopped;
+	int splice_mode;		/* SPLICE_*, now */
+	int spliceable;			/* splicing was on at some point */
+	unsigned long long spliced;	/* most st->spliced seen, summed */
 	int idle;			/* idle timeout on: any bridge may go */
 	int dead;			/* the refusing port's socket, or -1 */
 	unsigned long long max_bytes;
@@ -148,6 +185,7 @@ struct run {
 		int second_half_close;
 		int second_first;	/* listed before the first */
 		int altbuf;		/* the other buffer size */
+		int splice;		/* SPLICE_* */
 	} cur;
 	struct tcpproxy_service svcs[2];
 	struct tcpproxy_backend backends[2];
@@ -380,6 +418,117 @@ h_log(void *user, int level, const char *line)
 
 /* ---- checks ---- */
 
+/* Returns the bytes in pipe descriptor fd, as the kernel counts them. */
+static size_t
+pipe_bytes(int fd)
+{
+	int n = -1;
+
+	CHECK(ioctl(fd, FIONREAD, &n) == 0 && n >= 0);
+	return (size_t)n;
+}
+
+/* Applies splice mode m to cfg. */
+static void
+splice_config(struct tcpproxy_config *cfg, int m)
+{
+	cfg->no_splice = m == SPLICE_OFF;
+	cfg->max_pipes = m == SPLICE_ONE ? 1 : m == SPLICE_TWO ? 2 :
+	    TCPPROXY_MAX_PIPES;
+}
+
+/* Checks the splice pool against the flows that hold its pipes. */
+static void
+check_pipes(void)
+{
+	struct tcpproxy *p = R.p;
+	static unsigned char held[TCPPROXY_MAX_PIPES];
+	static unsigned char onfree[TCPPROXY_MAX_PIPES];
+	const struct state *sts[16];
+	struct service *svc;
+	size_t k, made = 0, nheld = 0, nfree = 0, freemade = 0, nst = 0, j;
+	unsigned long long spliced = 0;
+	unsigned int e;
+
+	CHECK(p->splice == (R.splice_mode != SPLICE_OFF));
+	CHECK(p->npipes <= TCPPROXY_MAX_PIPES);
+	CHECK((p->npipes == 0) == (p->pipes == NULL));
+	memset(held, 0, sizeof(held));
+	memset(onfree, 0, sizeof(onfree));
+	for (k = 0; k < p->npipes; k++) {
+		const struct pipebuf *pb = &p->pipes[k];
+
+		CHECK((pb->fd[0] == -1) == (pb->fd[1] == -1));
+		if (pb->fd[0] == -1)
+			continue;
+		made++;
+		CHECK(fcntl(pb->fd[0], F_GETFD) & FD_CLOEXEC);
+		CHECK(fcntl(pb->fd[1], F_GETFD) & FD_CLOEXEC);
+		CHECK(fcntl(pb->fd[0], F_GETFL) & O_NONBLOCK);
+	}
+	CHECK(made == p->pipes_made);
+	for (e = p->pipe_free; e != 0; e = p->pipes[e - 1].next) {
+		const struct pipebuf *pb;
+
+		CHECK(e <= p->npipes && !onfree[e - 1]);
+		onfree[e - 1] = 1;
+		nfree++;
+		pb = &p->pipes[e - 1];
+		CHECK(pb->len == 0);
+		if (pb->fd[0] != -1) {
+			freemade++;
+			/* No bytes of a bridge that is gone. */
+			CHECK(pipe_bytes(pb->fd[0]) == 0);
+		}
+	}
+	for (k = 0; k < p->nbridges; k++) {
+		const struct bridge *b = p->tab[k];
+		int s;
+
+		for (s = CLIENT; s <= SERVER; s++) {
+			const struct flow *f = &b->flow[s];
+			const struct pipebuf *pb;
+
+			if (f->pipe == 0)
+				continue;
+			CHECK(f->pipe <= p->npipes);
+			CHECK(!onfree[f->pipe - 1] && !held[f->pipe - 1]);
+			held[f->pipe - 1] = 1;
+			nheld++;
+			pb = &p->pipes[f->pipe - 1];
+			/* A buffer or a pipe, never both; never an empty
+			 * pipe, and the kernel agrees on what it holds. */
+			CHECK(f->buf == NULL && f->off == 0 && f->len == 0);
+			CHECK(pb->fd[0] != -1 && pb->len > 0);
+			CHECK(pb->len <= pb->cap && pb->cap >= 65536);
+			CHECK(pipe_bytes(pb->fd[0]) == pb->len);
+			/* Only a flow no stage needs to see has one. */
+			CHECK(b->state == BRIDGE_OPEN && !hooked(p) &&
+			    b->fx == NULL && b->svc->rate == 0 &&
+			    (s == SERVER || b->svc->max_bytes == 0));
+			CHECK(R.spliceable);
+		}
+	}
+	CHECK(nheld + nfree == p->npipes);
+	/* Free pipes are closed when the last bridge goes, and are kept
+	 * above the cap only while every made one is held. */
+	CHECK(p->nbridges > 0 || p->pipes_made == 0);
+	CHECK(p->pipes_made <= p->cfg.max_pipes || freemade == 0);
+	if (!R.spliceable || hooked(p))
+		CHECK(p->npipes == 0);
+	/* How much went through pipes, as the stats count it. */
+	for (svc = p->services; svc != NULL; svc = svc->next) {
+		for (j = 0; j < nst && sts[j] != svc->st; j++)
+			;
+		if (j < nst || nst == sizeof(sts) / sizeof(sts[0]))
+			continue;
+		sts[nst++] = svc->st;
+		spliced += svc->st->spliced;
+	}
+	if (spliced > R.spliced)
+		R.spliced = spliced;
+}
+
 /* Checks the proxy's internal state after a step. */
 static void
 check_state(void)
@@ -456,6 +605,7 @@ check_state(void)
 	CHECK(R.closes <= R.admitted);
 	if (R.hooks.on_accept != NULL)
 		CHECK(p->nbridges == R.admitted - R.closes);
+	check_pipes();
 }
 
 /* Reads what end s of pair i has, checking every byte; returns bytes. */
@@ -550,6 +700,45 @@ end_close(int i, int s, int reset)
 	e->closed = 1 + reset;
 }
 
+/*
+ * Shrinks fd's receive (opt SO_RCVBUF) or send buffer.  Loopback's send
+ * buffers grow to a megabyte at once, more than a stream carries here,
+ * so a small pair's ends and the proxy's sockets for it are all shrunk:
+ * what the proxy sends them backs up, and its buffers and pipes stay
+ * full across steps, as with a slow reader.  (A receive buffer of a few
+ * KB would stall loopback's 64 KB segments for the persist timer's
+ * hundreds of ms: 32 KB does not.)
+ */
+static void
+small_buf(int fd, int opt)
+{
+	int n = opt == SO_RCVBUF ? 32768 : 4096;
+
+	CHECK(setsockopt(fd, SOL_SOCKET, opt, &n, sizeof(n)) == 0);
+}
+
+/* Shrinks the send buffers of the proxy's sockets of small pairs. */
+static void
+bridges_shrink(void)
+{
+	size_t k;
+	int s, port;
+
+	for (k = 0; k < R.p->nbridges; k++) {
+		struct bridge *b = R.p->tab[k];
+		struct pair *pr;
+
+		if ((port = port_of(b->fd[CLIENT], 1)) == -1 ||
+		    (pr = pair_by_port(port)) == NULL || !pr->small)
+			continue;
+		for (s = CLIENT; s <= SERVER; s++)
+			if (b->fd[s] >= 0 && b->fd[s] != pr->shrunk[s]) {
+				small_buf(b->fd[s], SO_SNDBUF);
+				pr->shrunk[s] = b->fd[s];
+			}
+	}
+}
+
 /* Accepts the proxy's pending server connections; maps them to pairs. */
 static void
 server_accept(void)
@@ -575,6 +764,8 @@ server_accept(void)
 		}
 		if (pr != NULL && !pr->mapped) {
 			pr->mapped = 1;
+			if (pr->small)
+				small_buf(fd, SO_RCVBUF);
 			pr->end[SERVER].fd = fd;
 		} else if (R.norphans < (int)(sizeof(R.orphans) /
 		    sizeof(R.orphans[0]))) {
@@ -623,9 +814,11 @@ step(int timeout)
 	check_state();
 	bridges_note();
 	server_accept();
+	bridges_shrink();
 }
 
-/* Connects a new pair's client to listener k (modulo their number). */
+/* Connects a new pair's client to listener k (modulo their number);
+ * bit 1 of k gives the pair's ends small receive buffers. */
 static void
 client_connect(unsigned int k)
 {
@@ -644,6 +837,10 @@ client_connect(unsigned int k)
 	pr->end[CLIENT].fd = pr->end[SERVER].fd = -1;
 	if ((fd = socket(AF_INET, SOCK_STREAM, 0)) == -1)
 		abort();
+	pr->small = (k >> 1) & 1;
+	pr->shrunk[CLIENT] = pr->shrunk[SERVER] = -1;
+	if (pr->small)
+		small_buf(fd, SO_RCVBUF);
 	memset(&sin, 0, sizeof(sin));
 	sin.sin_family = AF_INET;
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -837,6 +1034,8 @@ struct snapshot {
 	struct service *lsvc[4], *svc[16];
 	size_t nsvc;
 	int fds;
+	size_t made;			/* pipes made */
+	int freemade;			/* free ones: a reload closes them */
 };
 
 static void
@@ -860,6 +1059,9 @@ snapshot_take(struct snapshot *sn)
 		sn->svc[sn->nsvc++] = svc;
 	}
 	sn->fds = fd_count();
+	sn->made = R.p->pipes_made;
+	for (k = R.p->pipe_free; k != 0; k = R.p->pipes[k - 1].next)
+		sn->freemade += R.p->pipes[k - 1].fd[0] != -1;
 }
 
 /* Checks that the proxy is exactly as in sn. */
@@ -884,8 +1086,8 @@ snapshot_same(const struct snapshot *sn)
 }
 
 /*
- * Reloads the running proxy with a config the bits of arg make from the
- * one running:
+ * Reloads the running proxy, in splice mode splice (SPLICE_*), with a
+ * config the bits of arg make from the one running:
  *   bit 0  flip the half-close of the first service;
  *   bit 1  add or remove a second service (127.0.0.1 port 0, same server);
  *   bit 2  rename the first service (its record retires);
@@ -902,7 +1104,7 @@ snapshot_same(const struct snapshot *sn)
  * must leave everything as it was.
  */
 static void
-reload(unsigned char arg)
+reload(unsigned char arg, int splice)
 {
 	struct reload_state ns = R.cur;
 	struct tcpproxy_config cfg = R.base;
@@ -924,6 +1126,8 @@ reload(unsigned char arg)
 		ns.second_first = !ns.second_first;
 	if (arg & 0x20)
 		ns.altbuf = !ns.altbuf;
+	ns.splice = splice;
+	splice_config(&cfg, splice);
 	snprintf(R.name, sizeof(R.name), "first-%d", ns.gen);
 	first = reload_service(0, ns.gen > 0 ? R.name : NULL,
 	    ns.half_close, ns.altbuf);
@@ -979,8 +1183,10 @@ reload(unsigned char arg)
 	rc = tcpproxy_reload(R.p, &cfg, err, sizeof(err));
 	CHECK(rc == 0 || rc == -1);
 	if (debug)
-		fprintf(stderr, "reload 0x%02x: %s (%zu listeners, %zu bridges)\n",
-		    arg, rc == 0 ? "ok" : err, R.p->nlisten, R.p->nbridges);
+		fprintf(stderr, "reload 0x%02x: %s (%zu listeners, %zu bridges, "
+		    "pipes made %zu, %d free, then %zu)\n", arg,
+		    rc == 0 ? "ok" : err, R.p->nlisten, R.p->nbridges,
+		    before.made, before.freemade, R.p->pipes_made);
 	if (rc == -1) {
 		CHECK(err[0] != '\0' && memchr(err, '\0', sizeof(err)));
 		if (!fail && !stopping) {
@@ -998,6 +1204,8 @@ reload(unsigned char arg)
 	}
 	CHECK(!fail && !stopping);
 	R.cur = ns;
+	R.splice_mode = ns.splice;
+	R.spliceable |= ns.splice != SPLICE_OFF;
 	/* One listener a service (127.0.0.1 is one address); those with
 	 * the same written address kept, with their ports; the others
 	 * bound or closed, and nothing else. */
@@ -1017,7 +1225,8 @@ reload(unsigned char arg)
 	}
 	if (before.fd[0] >= 0)
 		CHECK(kept == (n < before.nlisten ? n : before.nlisten));
-	CHECK(fd_count() == before.fds + (int)n - (int)before.nlisten);
+	CHECK(fd_count() == before.fds + (int)n - (int)before.nlisten -
+	    2 * before.freemade);
 	/* The services in order, live ones first. */
 	{
 		struct service *svc = R.p->services;
@@ -1139,6 +1348,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* Without bit 3, bit 5 turns on --busy-poll. */
 	if ((conf & 0x28) == 0x20)
 		cfg.busy_poll = 100;
+	R.splice_mode = conf >> 6;
+	R.spliceable = R.splice_mode != SPLICE_OFF;
+	splice_config(&cfg, R.splice_mode);
 	memset(&R.hooks, 0, sizeof(R.hooks));
 	if (R.hookmode != HOOKS_NONE) {
 		R.hooks.on_close = h_close;
@@ -1153,6 +1365,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	snprintf(R.port, sizeof(R.port), "%s", port);
 	R.altbuf = cfg.buffer_size != 0 && cfg.buffer_size < 4096 ? 4096 : 1000;
 	R.cur.half_close = R.half_close;
+	R.cur.splice = R.splice_mode;
 	R.p = tcpproxy_create(&cfg, err, sizeof(err));
 	if (R.p == NULL) {
 		if (errno == EADDRINUSE || errno == EADDRNOTAVAIL) {
@@ -1215,9 +1428,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if ((op >> 3) == 0x1f && !R.stopped) {
 				tcpproxy_stop(R.p);
 				R.stopped = 1;
+			} else if ((op >> 3) == 0x1d) {
+				pos++;
+				reload(0, arg & 3);
 			} else if ((op >> 3) == 0x1e) {
 				pos++;
-				reload(arg);
+				reload(arg, R.cur.splice);
 			} else {
 				step(0);
 			}
@@ -1261,6 +1477,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	CHECK(R.p->nbridges == 0);
 	nids = R.p->next_id;
+	if (debug)
+		fprintf(stderr, "spliced %llu bytes\n", R.spliced);
+	if (!R.spliceable || R.hookmode == HOOKS_ALL)
+		CHECK(R.spliced == 0);
 	tcpproxy_free(R.p);
 	/* Every admitted bridge was closed exactly once. */
 	if (R.hookmode != HOOKS_NONE) {
