@@ -442,10 +442,12 @@ int pipe2(int[2], int);
  * every client, so there, and with TCPPROXY_PORTABLE, the workers share
  * one socket.  REUSEPORT is the option, or 0 where none balances.
  */
-#if defined(__linux__) && !defined(TCPPROXY_PORTABLE)
-#ifndef SO_REUSEPORT
-#include <asm/socket.h>		/* glibc shows it only beyond POSIX */
-#endif
+#if defined(__linux__) && !defined(TCPPROXY_PORTABLE) && \
+    !defined(SO_REUSEPORT) && (defined(__x86_64__) || defined(__i386__) || \
+    defined(__aarch64__) || defined(__arm__) || defined(__riscv) || \
+    defined(__powerpc__) || defined(__s390__))
+/* glibc shows it only beyond POSIX; 15 where asm-generic's values hold. */
+#define SO_REUSEPORT 15
 #endif
 #if defined(__linux__) && !defined(TCPPROXY_PORTABLE) && defined(SO_REUSEPORT)
 #define REUSEPORT SO_REUSEPORT
@@ -10224,6 +10226,8 @@ worker_start(struct run *r, int w, const sigset_t *old)
 	rc = run_loop(r, w);
 	tcpproxy_free(r->p);
 	_exit(rc);
+	/* NOTREACHED: tcc does not know _exit() does not return. */
+	return 0;
 }
 
 /*
