@@ -221,7 +221,7 @@ EOF
 	PROXY_PID=$SPAWNED
 	PROXY_LOG=$T/proxy.err
 	PROXY_PORT=$(ready_port "$PROXY_LOG")
-	has_line "$PROXY_LOG" '^tcpproxy: 8 workers share [1-7] sockets on 127\.0\.0\.1:[0-9]+: Too many open files$'
+	has_line "$PROXY_LOG" '^tcpproxy: 8 workers share [1-7] sockets on 127\.0\.0\.1:[0-9]+: (Too many open files|No file descriptors available)$'
 	n=$(sed -n 's/.* 8 workers share \([0-9]\) sockets .*/\1/p' "$PROXY_LOG")
 	wait_for 10 eval '[ "$(workers_of "$PROXY_PID" | wc -l)" -eq 8 ]'
 	[ "$(listen_inodes "$PROXY_PORT" | wc -l)" -eq "$n" ]
